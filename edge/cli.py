@@ -1,0 +1,67 @@
+"""``feredge`` command line: a thin layer over the Python API.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``. Workstation commands live in ``export`` and import TensorFlow only
+inside ``run``, so ``feredge --help`` works on a device without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from edge import __version__
+from edge.errors import FeredgeError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("export.cli_export", "convert a Keras model to calibrated int8 TFLite and ONNX"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feredge",
+        description="Facial-expression recognition at the edge.",
+    )
+    parser.add_argument("--version", action="version", version=f"feredge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    # journald adds its own timestamps; keep lines short and parseable.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if os.environ.get("INVOCATION_ID") is None:  # not under systemd
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    _setup_logging(args.verbose)
+    try:
+        return int(args._module.run(args) or 0)
+    except FeredgeError as e:
+        print(f"feredge {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"feredge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

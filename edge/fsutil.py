@@ -1,0 +1,72 @@
+"""Atomic file writing: a reader never sees a half-written file, a failure leaves nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success.
+
+    The temporary file lives in the same folder so the final ``os.replace`` is atomic.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """A hidden scratch folder inside ``out_dir``; files are moved into ``out_dir`` by
+    :func:`publish` and the folder is removed whatever happens, so a failed run leaves nothing."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".feredge-staging-", dir=out))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(stage: Path, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Move every file of ``stage`` into ``out_dir`` (each move an atomic rename)."""
+    moved = []
+    for src in sorted(p for p in stage.iterdir()):
+        dst = Path(out_dir) / src.name
+        if dst.is_dir() and src.is_dir():
+            shutil.rmtree(dst)
+        os.replace(src, dst)
+        moved.append(dst)
+    return moved
