@@ -1,0 +1,73 @@
+"""The Coral Edge TPU delegate (``libedgetpu``), loaded through whichever runtime is in use.
+
+No PyPI package ships libedgetpu; it comes from a Debian package or a community build that
+must match the runtime's TFLite version (see docs/edge.md). Two failures are normal and both
+are turned into :class:`CoralUnavailable` with a reason a person can act on:
+
+- the library is missing -> ``OSError`` from ``dlopen``;
+- the library loads but finds no Edge TPU (unplugged, no udev permission) -> ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import platform
+import sys
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
+
+
+class CoralUnavailable(Exception):
+    """The Edge TPU delegate cannot be used here; the message says why."""
+
+
+def library_name() -> str:
+    return LIBRARIES.get(platform.system(), LIBRARIES["Linux"])
+
+
+@contextlib.contextmanager
+def _quiet_failed_delegate():
+    # A failed load_delegate leaves a half-built Delegate whose __del__ raises
+    # AttributeError('_library'); Python prints that as "Exception ignored in ..." on stderr.
+    # Swallow exactly that noise while the object is collected.
+    prev = sys.unraisablehook
+
+    def hook(u):
+        if isinstance(u.exc_value, AttributeError) and "Delegate" in repr(u.object):
+            return
+        prev(u)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = prev
+
+
+def load_edgetpu_delegate(runtime: Any, device: str | None = None) -> Any:
+    """Load the Edge TPU delegate with ``runtime.load_delegate``; ``device`` is e.g. ``"usb"``,
+    ``"pci"`` or ``"usb:0"`` (libedgetpu's own option), None for the first one found."""
+    lib = library_name()
+    options = {"device": device} if device else None
+    reason = None
+    with _quiet_failed_delegate():
+        try:
+            return runtime.load_delegate(lib, options)
+        except OSError as e:
+            reason = (
+                f"{lib} is not installed ({_short(e)}); install a libedgetpu build that matches "
+                f"{runtime.name} {runtime.version} (see docs/edge.md)"
+            )
+        except ValueError as e:
+            reason = f"{lib} loaded but found no Edge TPU ({_short(e)}); is the Coral plugged in and readable?"
+    raise CoralUnavailable(reason)
+
+
+def _short(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200]
