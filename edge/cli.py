@@ -19,6 +19,7 @@ from edge.errors import FeredgeError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export.cli_export", "convert a Keras model to calibrated int8 TFLite and ONNX"),
+    "parity": ("export.cli_parity", "check exported artifacts against the desktop model"),
 }
 
 
