@@ -20,6 +20,8 @@ from edge.errors import FeredgeError
 COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export.cli_export", "convert a Keras model to calibrated int8 TFLite and ONNX"),
     "parity": ("export.cli_parity", "check exported artifacts against the desktop model"),
+    "classify": ("edge.cli_classify", "find faces in images, video or a camera and classify their expressions"),
+    "doctor": ("edge.doctor", "check this device: interpreter, cascade, cameras, Coral, model"),
 }
 
 

@@ -1,0 +1,123 @@
+"""Find faces in images, folders, video files or a camera and say which expression each shows.
+
+INPUT may be an image, a folder of images, a video file, a camera index (0) or a stream URL.
+Prints one line per frame (--json: one JSON object per frame per line) and can write an
+annotated copy of the input with --annotate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image, folder, video file, camera index or URL")
+    p.add_argument("--model", help="a .tflite file or an export directory (default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="one JSON object per frame per line on stdout")
+    p.add_argument("--annotate", metavar="OUT",
+                   help="write the input with boxes and labels: a file for one image/video, else a folder")
+    p.add_argument("--min-score", type=float, help="faces scoring below this are labelled 'uncertain'")
+    p.add_argument("--backend", default="auto", help="auto, litert, tflite-runtime or tensorflow")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "coral"), help="where the model runs")
+    p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's choice)")
+    p.add_argument("--max-frames", type=int, help="stop each input after N frames")
+    p.add_argument("--max-faces", type=int, help="classify at most the N largest faces per frame")
+    p.add_argument("--detect-width", type=int, default=320, help="width faces are searched at (0 = full size)")
+    p.add_argument("--min-face", type=int, default=40, help="smallest face in full-frame pixels")
+    p.add_argument("--cascade", help="Haar cascade file (default: OpenCV's frontal-face cascade)")
+
+
+def _check_inputs(specs: list[str]) -> None:
+    from edge.errors import EdgeError
+    from edge.sources import is_camera_spec
+
+    for s in specs:
+        if not is_camera_spec(s) and not Path(s).exists():
+            raise EdgeError(f"input not found: {s}")
+
+
+def _annotate_path(out: Path, source, single: bool) -> Path:
+    """One image/video input -> OUT itself when it has an extension; otherwise OUT is a folder."""
+    if single and out.suffix:
+        return out
+    if source.kind == "video":
+        return out / (Path(source.name).stem + ".mp4")
+    if source.kind == "camera":
+        return out / (source.name.replace(":", "").replace("/", "_") + ".mp4")
+    return out  # images: the folder; each file is placed below it
+
+
+def _human(result) -> str:
+    f = result.frame
+    where = f"{f.source} frame {f.index}" + (f" pts {f.pts:.2f}s" if f.pts is not None else "")
+    if not result.faces:
+        return f"{where}: no face"
+    parts = [f"{x.prediction.label} {x.prediction.score:.2f} at {tuple(x.box)}" for x in result.faces]
+    return f"{where}: " + "; ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge.annotate import VideoWriter, draw, write_image
+    from edge.detect import DetectorConfig, FaceDetector
+    from edge.errors import EdgeError
+    from edge.model import Classifier
+    from edge.pipeline import Pipeline
+    from edge.sources import open_source
+
+    if args.max_frames is not None and args.max_frames < 1:
+        raise EdgeError("--max-frames must be >= 1")
+    _check_inputs(args.inputs)
+    clf = Classifier(args.model, backend=args.backend, device=args.device, num_threads=args.threads,
+                     min_score=args.min_score)
+    det = FaceDetector(DetectorConfig(cascade=args.cascade, detect_width=args.detect_width, min_face=args.min_face))
+    pipe = Pipeline(clf, det, max_faces=args.max_faces)
+    log.debug("model %s", clf.describe())
+
+    out = Path(args.annotate) if args.annotate else None
+    frames = faces = 0
+    t0 = time.perf_counter()
+    write = sys.stdout.write
+    for spec in args.inputs:
+        source = open_source(spec)
+        single = len(args.inputs) == 1 and not (source.kind == "images" and Path(spec).is_dir())
+        target = _annotate_path(out, source, single) if out else None
+        writer = VideoWriter(target, source.fps) if target and source.kind != "images" else None
+        ok = False
+        try:
+            for res in pipe.run(source, max_frames=args.max_frames):
+                frames += 1
+                faces += len(res.faces)
+                line = json.dumps(res.to_dict()) if args.json else _human(res)
+                write(line + "\n")
+                sys.stdout.flush()
+                if target is not None:
+                    img = draw(res.frame.image, res.faces)
+                    if writer is not None:
+                        writer.write(img)
+                    elif single and target.suffix:
+                        write_image(target, img)
+                    else:
+                        name = Path(res.frame.source)
+                        rel = name.relative_to(spec) if Path(spec).is_dir() else Path(name.name)
+                        write_image(target / rel, img)
+            ok = True
+        except KeyboardInterrupt:
+            ok = source.kind == "camera"  # a stopped camera recording is complete as it is
+            raise
+        finally:
+            if writer is not None:
+                writer.close(ok=ok)
+                if ok:
+                    log.info("wrote %s (%d frames)", writer.path, writer.frames)
+            source.close()
+    dt = time.perf_counter() - t0
+    log.info("%d frame(s), %d face(s) in %.2f s (%.1f frames/s) on %s/%s", frames, faces, dt,
+             frames / dt if dt > 0 else 0.0, clf.backend_name, clf.device)
+    return 0

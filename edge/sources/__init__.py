@@ -1,0 +1,81 @@
+"""Frame sources: one small plug-in module per kind of input.
+
+Every source is an iterable of :class:`Frame` with a ``close()``; ``open_source(spec)`` picks
+the plug-in from the spec (an image, a folder of images, a video file, a camera index or a
+stream URL). The daemon adds its own sources (picamera2, reconnecting cameras) with the same
+shape, so the pipeline never cares where a frame came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from edge.errors import EdgeError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264"})
+
+
+@dataclass
+class Frame:
+    """One picture. ``image`` is HxWx3 BGR uint8 (what OpenCV decodes); ``index`` counts from 0
+    per source; ``ts`` is wall-clock Unix seconds when the frame was obtained; ``pts`` is the
+    presentation time in seconds inside a video file (None for images and cameras)."""
+
+    image: np.ndarray
+    index: int
+    ts: float
+    source: str
+    pts: float | None = None
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """An iterable of frames that owns a device or file handle until ``close()``.
+
+    ``kind`` is "images", "video" or "camera"; ``fps`` is the nominal rate (None if unknown),
+    used to write annotated videos at the input's speed.
+    """
+
+    name: str
+    kind: str
+    fps: float | None
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None: ...
+
+
+def is_camera_spec(spec: str | int) -> bool:
+    if isinstance(spec, int):
+        return True
+    s = str(spec)
+    return s.isdigit() or "://" in s or s.startswith("/dev/video")
+
+
+def open_source(spec: str | int | os.PathLike[str]) -> FrameSource:
+    """Open a frame source from a command-line style spec; missing input is an :class:`EdgeError`."""
+    if not isinstance(spec, os.PathLike) and is_camera_spec(spec):
+        from edge.sources.camera import CameraSource
+
+        return CameraSource(spec)
+    p = Path(spec)
+    if not p.exists():
+        raise EdgeError(f"input not found: {p}")
+    if p.is_dir():
+        from edge.sources.images import ImageSource
+
+        return ImageSource.from_folder(p)
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
+        from edge.sources.images import ImageSource
+
+        return ImageSource([p], name=str(p))
+    from edge.sources.video import VideoSource
+
+    return VideoSource(p)
