@@ -83,8 +83,11 @@ class FaceDetector:
                 "min_neighbors >= 0"
             )
         self.cascade_path = find_cascade(c.cascade)
-        self._cascade = cv2.CascadeClassifier(str(self.cascade_path))
-        if self._cascade.empty():
+        try:
+            self._cascade = cv2.CascadeClassifier(str(self.cascade_path))
+        except (cv2.error, SystemError):  # OpenCV raises on some malformed XML instead of staying empty
+            self._cascade = None
+        if self._cascade is None or self._cascade.empty():
             raise EdgeError(f"{self.cascade_path} is not a usable OpenCV cascade file")
 
     def detect(self, frame: np.ndarray) -> list[Box]:

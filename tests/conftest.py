@@ -77,3 +77,67 @@ def astronaut_bgr():
     from skimage import data
 
     return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+@pytest.fixture(scope="session")
+def edge_tiny_model(tmp_path_factory) -> Path:
+    """A tiny real int8 TFLite model (48x48 grey, FER2013 labels) with an embedded contract and a
+    sidecar, built in a few seconds with TensorFlow's converter, for the edge runtime tests.
+
+    ``reference.npz`` beside it holds prepared inputs ``x`` and the float Keras model's
+    probabilities ``p`` for them, so tests can check the int8 path against the float model.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from edge.contract import FER2013_LABELS, Contract, InputSpec, Normalize, OutputSpec, QuantParams, embed
+    from edge.preprocess import prepare
+
+    out = tmp_path_factory.mktemp("edge-tiny")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((48, 48, 1), batch_size=1),
+        keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(7),
+        keras.layers.Activation("softmax"),
+    ])
+    dense = model.layers[2]
+    w, b = dense.get_weights()
+    dense.set_weights([w * 8.0, b])  # spread the logits so the classes differ clearly
+    spec = InputSpec(48, 48, 1, "gray", resize="area", normalize=Normalize(1 / 255.0, 0.0), face_margin=0.1)
+    rng = np.random.default_rng(0)
+
+    def image(i: int):
+        yy, xx = np.mgrid[0:60, 0:60]
+        lo = (i * 37) % 200
+        ramp = (xx * (i % 5) + yy * (i % 3)) * 0.7
+        return np.clip(lo + ramp + rng.integers(0, 50, (60, 60)), 0, 255).astype(np.uint8)
+
+    calib = [prepare(image(i), spec)[None] for i in range(64)]
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x] for x in calib)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    path = out / "tiny.int8.tflite"
+    path.write_bytes(conv.convert())
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    qi, qo = it.get_input_details()[0]["quantization"], it.get_output_details()[0]["quantization"]
+    contract = Contract(
+        "tiny", list(FER2013_LABELS), spec, OutputSpec("softmax", 1.0),
+        quantization={path.name: {"input": QuantParams("int8", float(qi[0]), int(qi[1])),
+                                  "output": QuantParams("int8", float(qo[0]), int(qo[1]))}},
+    )
+    embed(path, contract)
+    contract.record_artifact(path)
+    contract.save(out / "tiny.json")
+    x = np.concatenate([prepare(image(i), spec)[None] for i in range(100, 132)])
+    np.savez(out / "reference.npz", x=x, p=model.predict(x, batch_size=1, verbose=0))
+    return out
