@@ -1,0 +1,547 @@
+"""In-memory repairs that let Keras 3 run models saved by Keras 1.x / 2.x / tf.keras.
+
+Old files are not broken, they are written in dialects Keras 3 no longer speaks: configs
+with ``batch_input_shape`` instead of an InputLayer, list-style Sequential configs, ``dtype``
+inside initializer configs, mixed-precision policy dicts, keyword arguments that were removed
+(``groups`` of DepthwiseConv2D, ...), and weights stored as ``layer_names``/``weight_names``
+attributes rather than Keras 3's ``vars`` groups. Instead of asking Keras 3's legacy loader
+to guess, we translate the architecture ourselves, build it with Keras 3 and copy the arrays
+layer by layer, by name, with a shape check at every step, so a mismatch names the layer.
+
+Nothing here writes to the user's file; every repair is recorded as one line for the report.
+Keras/TensorFlow are imported inside functions (``export`` rule: CLI start-up stays fast).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from export.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+# Keyword arguments every Keras 3 layer accepts through ``Layer.__init__(**kwargs)``.
+_BASE_LAYER_KWARGS = {"name", "trainable", "dtype", "activity_regularizer", "autocast", "input_dim", "input_shape"}
+# Model-level classes whose config holds other layers.
+_MODEL_CLASSES = {"Sequential", "Functional", "Model"}
+_REDUCED_PRECISION = ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16")
+
+
+@dataclass
+class Repairs:
+    """Collects repairs; the same repair on many layers becomes one report line."""
+
+    _items: OrderedDict[str, list[str]] = field(default_factory=OrderedDict)
+
+    def note(self, what: str, where: str | None = None) -> None:
+        names = self._items.setdefault(what, [])
+        if where and where not in names:
+            names.append(where)
+
+    def lines(self) -> list[str]:
+        out = []
+        for what, names in self._items.items():
+            if not names:
+                out.append(what)
+                continue
+            shown = ", ".join(names[:6]) + (f", … ({len(names)} in all)" if len(names) > 6 else "")
+            out.append(f"{what}: {shown}")
+        return out
+
+
+# ---- architecture ------------------------------------------------------------------------
+
+def find_lambdas(cfg: Any) -> list[str]:
+    """Names of Lambda layers anywhere in a (Keras 1/2/3) model config, nested models included.
+
+    Checked before deserialising because deserialising a Lambda unmarshals Python bytecode
+    from the file, i.e. runs code the user may not have written.
+    """
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                conf = node.get("config") or {}
+                found.append(str(conf.get("name") or node.get("name") or "?"))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(cfg)
+    return found
+
+
+def translate_model_config(cfg: dict[str, Any], repairs: Repairs) -> dict[str, Any]:
+    """Rewrite a Keras 1/2-era model config (``model_config`` attr or ``to_json()``) into one
+    Keras 3's ``deserialize_keras_object`` accepts. Returns a new dict; ``cfg`` is untouched."""
+    if not isinstance(cfg, dict) or "class_name" not in cfg or "config" not in cfg:
+        raise ExportError("architecture is not a Keras model config (expected {'class_name': ..., 'config': ...})")
+    return _translate_model(copy.deepcopy(cfg), repairs)
+
+
+def _translate_model(node: dict[str, Any], repairs: Repairs) -> dict[str, Any]:
+    cls = node.get("class_name")
+    conf = node.get("config")
+    if cls == "Model":
+        node["class_name"] = "Functional"
+        repairs.note("Keras 2.0 class 'Model' read as Keras 3 'Functional'")
+    if cls == "Sequential":
+        if isinstance(conf, list):
+            conf = {"name": "sequential", "layers": conf}
+            repairs.note("list-style Sequential config (Keras 2.0/2.1) converted to a dict")
+        layers = [_translate_layer(layer, repairs, in_sequential=True) for layer in conf.get("layers", [])]
+        if layers and layers[0].get("class_name") != "InputLayer":
+            first_conf = layers[0].get("config", {})
+            shape = first_conf.pop("_feredge_batch_shape", None)
+            if shape is not None:
+                inp = {"class_name": "InputLayer",
+                       "config": {"batch_shape": shape, "dtype": "float32",
+                                  "name": f"{first_conf.get('name', 'input')}_input"}}
+                layers.insert(0, inp)
+                repairs.note("Sequential without InputLayer (Keras 2.2 style): added an explicit InputLayer",
+                             conf.get("name"))
+        for layer in layers:
+            layer.get("config", {}).pop("_feredge_batch_shape", None)
+        conf["layers"] = layers
+        _clean_model_conf(conf)
+        node["config"] = conf
+    elif node["class_name"] == "Functional":
+        _shift_nested_node_indices(conf, repairs)
+        conf["layers"] = [_translate_layer(layer, repairs, in_sequential=False) for layer in conf.get("layers", [])]
+        for layer in conf["layers"]:
+            layer.get("config", {}).pop("_feredge_batch_shape", None)
+        _clean_model_conf(conf)
+    else:
+        raise ExportError(f"top-level class {cls!r} is not a Keras Sequential or Functional model")
+    for key in ("registered_name", "build_config", "compile_config"):
+        node.pop(key, None)
+    return node
+
+
+def _builds_own_node(layer: dict[str, Any]) -> bool:
+    """Keras 2 gave a nested model built on its own inputs a node of its own (node 0), so
+    its first call in the outer model is node 1; Keras 3 creates no such node."""
+    cls = layer.get("class_name")
+    if cls in ("Functional", "Model"):
+        return True
+    if cls != "Sequential":
+        return False
+    conf = layer.get("config")
+    layers = conf if isinstance(conf, list) else (conf or {}).get("layers", [])
+    if not layers:
+        return False
+    first = layers[0]
+    fconf = first.get("config") or {}
+    return first.get("class_name") == "InputLayer" or any(
+        k in fconf for k in ("batch_input_shape", "input_shape", "input_dim"))
+
+
+def _shift_nested_node_indices(conf: dict[str, Any], repairs: Repairs) -> None:
+    shifted = {(lay.get("config") or {}).get("name") or lay.get("name")
+               for lay in conf.get("layers", []) if _builds_own_node(lay)}
+    shifted.discard(None)
+    if not shifted:
+        return
+
+    def fix(ref: Any) -> None:
+        if isinstance(ref, list) and len(ref) >= 3 and ref[0] in shifted and isinstance(ref[1], int) and ref[1] > 0:
+            ref[1] -= 1
+            repairs.note("Keras 2 node indices of nested models renumbered for Keras 3", ref[0])
+
+    for lay in conf.get("layers", []):
+        for node in lay.get("inbound_nodes") or []:
+            if isinstance(node, list):
+                for ref in node:
+                    fix(ref)
+    for key in ("input_layers", "output_layers"):
+        refs = conf.get(key)
+        if isinstance(refs, list) and refs and isinstance(refs[0], list):
+            for ref in refs:
+                fix(ref)
+        elif isinstance(refs, list):
+            fix(refs)
+
+
+def _clean_model_conf(conf: dict[str, Any]) -> None:
+    for key in list(conf):
+        if key not in ("name", "layers", "input_layers", "output_layers", "trainable"):
+            conf.pop(key)
+
+
+def _translate_layer(node: dict[str, Any], repairs: Repairs, *, in_sequential: bool) -> dict[str, Any]:
+    cls = node.get("class_name")
+    if cls in _MODEL_CLASSES:
+        kept = {k: node[k] for k in ("name", "inbound_nodes") if k in node}
+        node = _translate_model(node, repairs)
+        node.update(kept)
+        repairs.note("nested model translated", node["config"].get("name"))
+        return node
+    for key in ("module", "registered_name", "build_config"):
+        node.pop(key, None)
+    conf = node.get("config")
+    if not isinstance(conf, dict):
+        return node
+    lname = str(conf.get("name") or node.get("name") or cls)
+
+    # Input shapes: Keras 3 wants an InputLayer with batch_shape.
+    shape = conf.pop("batch_input_shape", None)
+    if cls == "InputLayer":
+        if shape is not None:
+            conf["batch_shape"] = shape
+            repairs.note("InputLayer batch_input_shape renamed batch_shape")
+    else:
+        if shape is None and "input_shape" in conf:
+            shape = [None, *conf["input_shape"]]
+        if shape is None and conf.get("input_dim") is not None:
+            shape = [None, conf["input_dim"]]
+        conf.pop("input_shape", None)
+        conf.pop("input_dim", None)
+        if shape is not None and in_sequential:
+            conf["_feredge_batch_shape"] = shape
+
+    # Precision: everything is exported as float32.
+    if "dtype" in conf:
+        conf["dtype"] = _float32_policy(conf["dtype"], lname, repairs)
+
+    # Axis given as a one-element list (tf.keras BatchNormalization).
+    axis = conf.get("axis")
+    if isinstance(axis, list) and len(axis) == 1:
+        conf["axis"] = int(axis[0])
+
+    if cls == "Lambda":
+        _translate_lambda(conf)
+
+    for key in list(conf):
+        val = conf[key]
+        if key.endswith(("_initializer", "_regularizer", "_constraint")) or key == "activity_regularizer":
+            conf[key] = _translate_object(key, val, lname, repairs)
+        elif key == "activation" and isinstance(val, dict):
+            conf[key] = val.get("config", {}).get("name") or val.get("class_name")
+
+    _drop_unknown_kwargs(cls, conf, lname, repairs)
+    return node
+
+
+def _float32_policy(dtype: Any, lname: str, repairs: Repairs) -> Any:
+    name = dtype
+    if isinstance(dtype, dict):
+        name = (dtype.get("config") or {}).get("name") or "float32"
+    if isinstance(name, str) and name in _REDUCED_PRECISION:
+        repairs.note(f"{name} dtype policy replaced by float32", lname)
+        return "float32"
+    if isinstance(dtype, dict):
+        repairs.note("dtype policy dict replaced by its name", lname)
+    return name
+
+
+def _translate_lambda(conf: dict[str, Any]) -> None:
+    """Keras 2 stores a Lambda's function as [code, defaults, closure]; Keras 3 wants a dict."""
+    for key, type_key in (("function", "function_type"), ("output_shape", "output_shape_type")):
+        val = conf.get(key)
+        kind = conf.pop(type_key, None)
+        if kind == "lambda" and isinstance(val, (list, tuple)):
+            conf[key] = {"class_name": "__lambda__", "config": {"code": val[0], "defaults": val[1], "closure": val[2]}}
+        elif kind == "function" and isinstance(val, str):
+            raise ExportError(f"Lambda layer '{conf.get('name')}' calls a named function {val!r} that is not "
+                              "stored in the file; rebuild the model with a builder (--architecture builder.py:fn)")
+    for key in ("module", "output_shape_module"):
+        conf.pop(key, None)
+    if conf.get("output_shape") is None:
+        conf.pop("output_shape", None)
+
+
+def _translate_object(key: str, val: Any, lname: str, repairs: Repairs) -> Any:
+    """Initializers, regularizers and constraints: strip ``dtype``; drop what Keras 3 can't
+    build (they only matter for training; the weights come from the file)."""
+    if not isinstance(val, dict):
+        return val
+    import keras
+
+    val = {k: v for k, v in val.items() if k not in ("module", "registered_name")}
+    conf = val.get("config")
+    if isinstance(conf, dict) and "dtype" in conf:
+        val["config"] = {k: v for k, v in conf.items() if k != "dtype"}
+        repairs.note("'dtype' removed from initializer configs", lname)
+    getter = keras.initializers.get
+    if key.endswith("_regularizer"):
+        getter = keras.regularizers.get
+    elif key.endswith("_constraint"):
+        getter = keras.constraints.get
+    try:
+        getter(copy.deepcopy(val))
+    except Exception as e:  # any failure means Keras 3 cannot build it
+        repairs.note(f"{key} {val.get('class_name')!r} unknown to Keras 3 dropped (training-only)", lname)
+        log.debug("dropping %s of %s: %s", key, lname, e)
+        return None
+    return val
+
+
+def _allowed_kwargs(layer_cls: type) -> set[str] | None:
+    """All named ``__init__`` parameters along the MRO (None: accept anything)."""
+    import keras
+
+    allowed = set(_BASE_LAYER_KWARGS)
+    for klass in inspect.getmro(layer_cls):
+        if klass is keras.layers.Layer or klass is object:
+            break
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        allowed |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    if layer_cls.__name__ == "InputLayer":
+        allowed |= {"batch_shape", "sparse", "ragged", "optional", "input_tensor", "batch_size", "shape"}
+    return allowed
+
+
+def _drop_unknown_kwargs(cls: str | None, conf: dict[str, Any], lname: str, repairs: Repairs) -> None:
+    import keras
+
+    layer_cls = getattr(keras.layers, cls or "", None)
+    if layer_cls is None or not isinstance(layer_cls, type):
+        return  # unknown class: let Keras 3 report it
+    allowed = _allowed_kwargs(layer_cls)
+    if allowed is None:
+        return
+    allowed.add("_feredge_batch_shape")
+    for key in [k for k in conf if k not in allowed]:
+        val = conf.pop(key)
+        repairs.note(f"{cls} argument '{key}' unknown to Keras 3 dropped", lname)
+        log.debug("dropped %s.%s=%r", lname, key, val)
+
+
+def build_from_config(cfg: dict[str, Any], *, trust_model: bool) -> Any:
+    """Deserialise a translated config with Keras 3 (never compiled)."""
+    import keras
+
+    try:
+        # Keras 2 configs carry no module path; name the two model classes for the deserialiser.
+        custom = {"Functional": keras.Model, "Model": keras.Model, "Sequential": keras.Sequential}
+        model = keras.saving.deserialize_keras_object(cfg, custom_objects=custom, safe_mode=not trust_model)
+    except ExportError:
+        raise
+    except Exception as e:  # Keras raises many types for bad configs
+        raise ExportError(f"Keras 3 cannot build the architecture: {_one_line(e)}") from None
+    if not isinstance(model, keras.Model):
+        raise ExportError(f"architecture built a {type(model).__name__}, not a Keras model")
+    return model
+
+
+def _one_line(e: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(e).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return f"{type(e).__name__}: {text}"
+
+
+# ---- weights -----------------------------------------------------------------------------
+
+def _decode(names: Any) -> list[str]:
+    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def read_h5_weights(group: Any) -> OrderedDict[str, list[tuple[str, np.ndarray]]]:
+    """``{layer_name: [(weight_name, array), ...]}`` from a Keras 1/2 weights group (the root
+    of a ``save_weights`` file, or ``model_weights`` of a full model), in the file's order."""
+    if "layer_names" not in group.attrs:
+        raise ExportError("HDF5 group has no 'layer_names' attribute: not Keras 1/2 weights")
+    out: OrderedDict[str, list[tuple[str, np.ndarray]]] = OrderedDict()
+    for lname in _decode(group.attrs["layer_names"]):
+        if lname not in group:
+            raise ExportError(f"weights file lists layer '{lname}' but holds no group for it (file damaged?)")
+        g = group[lname]
+        wnames = _decode(g.attrs.get("weight_names", []))
+        arrays = []
+        for wn in wnames:
+            if wn not in g:
+                raise ExportError(f"weights of layer '{lname}': dataset '{wn}' missing (file damaged?)")
+            arrays.append((wn, np.asarray(g[wn][()])))
+        out[lname] = arrays
+    return out
+
+
+def is_keras1_weights(weights: dict[str, list[tuple[str, np.ndarray]]], attrs: Any) -> bool:
+    version = attrs.get("keras_version")
+    if isinstance(version, bytes):
+        version = version.decode()
+    if isinstance(version, str) and version.startswith("1."):
+        return True
+    names = [wn for arrays in weights.values() for wn, _ in arrays]
+    return bool(names) and all("/" not in n and ":" not in n for n in names) and any(
+        re.search(r"_(W|b|gamma|beta|running_mean|running_std)$", n) for n in names)
+
+
+@dataclass
+class Keras1Options:
+    """How Keras 1.x weights were laid out. Theano did true convolution (kernels flipped)
+    and both Theano and 'th' dim ordering flatten feature maps channels-first."""
+
+    enabled: bool = False
+    flip_kernels: bool = False
+    channels_first: bool = False
+
+
+def assign_weights(model: Any, weights: OrderedDict[str, list[tuple[str, np.ndarray]]], repairs: Repairs,
+                   keras1: Keras1Options | None = None) -> None:
+    """Copy arrays into ``model`` layer by layer, by name; by order when the names do not
+    match at all (builder models with auto-generated names). Every shape is checked."""
+    keras1 = keras1 or Keras1Options()
+    targets = [layer for layer in model.layers if layer.weights]
+    file_layers = [(n, a) for n, a in weights.items() if a]
+    by_name = {layer.name: layer for layer in targets}
+    pairs: list[tuple[Any, str, list[tuple[str, np.ndarray]]]]
+    if all(n in by_name for n, _ in file_layers):
+        pairs = [(by_name[n], n, a) for n, a in file_layers]
+        missing = [layer.name for layer in targets if layer.name not in dict(file_layers)]
+        if missing:
+            raise ExportError(f"weights file has no weights for layer '{missing[0]}' of the architecture "
+                              f"({len(missing)} layer(s) without weights)")
+    elif len(file_layers) == len(targets):
+        unmatched = [n for n, _ in file_layers if n not in by_name]
+        repairs.note(f"layer names differ from the weights file ({unmatched[0]!r} …); layers matched in order")
+        pairs = [(layer, n, a) for layer, (n, a) in zip(targets, file_layers, strict=True)]
+    else:
+        unmatched = [n for n, _ in file_layers if n not in by_name]
+        raise ExportError(
+            f"architecture and weights do not match: the weights file has layer '{unmatched[0]}' which the "
+            f"architecture lacks, and {len(file_layers)} layers with weights vs {len(targets)} in the architecture")
+    for layer, fname, arrays in pairs:
+        _assign_layer(layer, fname, arrays, repairs, keras1)
+    if keras1.enabled and keras1.channels_first:
+        _permute_dense_after_flatten(model, repairs)
+
+
+def _is_model(layer: Any) -> bool:
+    import keras
+
+    return isinstance(layer, keras.Model)
+
+
+def _assign_layer(layer: Any, fname: str, arrays: list[tuple[str, np.ndarray]], repairs: Repairs,
+                  keras1: Keras1Options) -> None:
+    if _is_model(layer):
+        _assign_nested(layer, fname, arrays, repairs, keras1)
+        return
+    variables = list(layer.trainable_weights) + list(layer.non_trainable_weights)
+    if len(variables) != len(arrays):
+        raise ExportError(f"architecture and weights do not match at layer '{layer.name}': it has "
+                          f"{len(variables)} weight arrays, the file's layer '{fname}' has {len(arrays)}")
+    # Prefer matching by variable name (kernel, bias, gamma, ...); fall back to Keras 2's order.
+    base = [re.sub(r"(:\d+)$", "", wn).split("/")[-1] for wn, _ in arrays]
+    var_names = [v.name.split("/")[-1] for v in variables]
+    if sorted(base) == sorted(var_names) and len(set(base)) == len(base):
+        order = [base.index(n) for n in var_names]
+        arrays = [arrays[i] for i in order]
+    values = []
+    for var, (wn, arr) in zip(variables, arrays, strict=True):
+        arr = _convert_keras1(layer, var, arr, repairs, keras1) if keras1.enabled else arr
+        if tuple(arr.shape) != tuple(var.shape):
+            raise ExportError(f"architecture and weights do not match at layer '{layer.name}': "
+                              f"{var.name} has shape {tuple(var.shape)}, the file's '{wn}' has {tuple(arr.shape)}")
+        values.append(arr)
+    for var, arr in zip(variables, values, strict=True):
+        var.assign(arr.astype(var.dtype) if str(arr.dtype) != str(var.dtype) else arr)
+
+
+def _leaf_layers(model: Any) -> list[Any]:
+    out = []
+    for layer in model.layers:
+        if _is_model(layer):
+            out.extend(_leaf_layers(layer))
+        elif layer.weights:
+            out.append(layer)
+    return out
+
+
+def _assign_nested(model: Any, fname: str, arrays: list[tuple[str, np.ndarray]], repairs: Repairs,
+                   keras1: Keras1Options) -> None:
+    """A nested model is one entry in ``layer_names``; its weight names carry the inner
+    layer's name (``dense_1/kernel:0``). Group by that name; else use Keras 2's order
+    (all trainable weights, then all non-trainable)."""
+    leaves = _leaf_layers(model)
+    names = {leaf.name for leaf in leaves}
+    groups: OrderedDict[str, list[tuple[str, np.ndarray]]] = OrderedDict()
+    for wn, arr in arrays:
+        owner = next((p for p in wn.split("/")[:-1][::-1] if p in names), None)
+        if owner is None:
+            groups.clear()
+            break
+        groups.setdefault(owner, []).append((wn, arr))
+    if groups and set(groups) == names:
+        for leaf in leaves:
+            _assign_layer(leaf, leaf.name, groups[leaf.name], repairs, keras1)
+        return
+    variables = list(model.trainable_weights) + list(model.non_trainable_weights)
+    if len(variables) != len(arrays):
+        raise ExportError(f"architecture and weights do not match at nested model '{model.name}': it has "
+                          f"{len(variables)} weight arrays, the file's '{fname}' has {len(arrays)}")
+    for var, (wn, arr) in zip(variables, arrays, strict=True):
+        if tuple(arr.shape) != tuple(var.shape):
+            raise ExportError(f"architecture and weights do not match in nested model '{model.name}': "
+                              f"{var.path} has shape {tuple(var.shape)}, the file's '{wn}' has {tuple(arr.shape)}")
+        var.assign(arr)
+    repairs.note("nested model weights assigned in Keras 2 order", model.name)
+
+
+def _convert_keras1(layer: Any, var: Any, arr: np.ndarray, repairs: Repairs, keras1: Keras1Options) -> np.ndarray:
+    """Keras 1 'th' kernels are (out, in, kh, kw); Keras 3 wants (kh, kw, in, out). Theano
+    convolved (flipped) where TensorFlow correlates, so its kernels are flipped in space."""
+    if arr.ndim != 4 or var.shape is None or len(var.shape) != 4:
+        return arr
+    th_shape = (arr.shape[2], arr.shape[3], arr.shape[1], arr.shape[0])
+    channels_first = keras1.channels_first or (tuple(arr.shape) != tuple(var.shape) and th_shape == tuple(var.shape))
+    if not channels_first:
+        return arr
+    if keras1.flip_kernels:
+        arr = arr[:, :, ::-1, ::-1]
+        repairs.note("Keras 1 Theano kernels flipped in space (Theano convolves, TensorFlow correlates)", layer.name)
+    repairs.note("Keras 1 kernels transposed (out,in,kh,kw) -> (kh,kw,in,out)", layer.name)
+    return np.ascontiguousarray(arr.transpose(2, 3, 1, 0))
+
+
+def _permute_dense_after_flatten(model: Any, repairs: Repairs) -> None:
+    """A channels-first model flattened feature maps in (C,H,W) order; Keras 3 flattens
+    (H,W,C), so the first Dense after each Flatten gets its kernel rows reordered."""
+    import keras
+
+    pending: tuple[int, int, int] | None = None
+    for layer in _walk_layers(model):
+        if isinstance(layer, keras.layers.Flatten):
+            shape = tuple(layer.input.shape) if hasattr(layer, "input") else ()
+            pending = tuple(int(s) for s in shape[1:]) if len(shape) == 4 and None not in shape[1:] else None
+        elif isinstance(layer, keras.layers.Dense) and pending is not None:
+            h, w, c = pending
+            kernel = layer.kernel
+            rows = int(kernel.shape[0])
+            if rows == h * w * c:
+                k = np.asarray(kernel.numpy()).reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(rows, -1)
+                kernel.assign(k)
+                repairs.note("Keras 1 channels-first Dense rows permuted (C,H,W) -> (H,W,C) after Flatten",
+                             layer.name)
+            pending = None
+        elif layer.weights and not isinstance(layer, (keras.layers.Dropout,)):
+            pending = None if isinstance(layer, keras.layers.Dense) else pending
+
+
+def _walk_layers(model: Any) -> list[Any]:
+    out = []
+    for layer in model.layers:
+        if _is_model(layer):
+            out.extend(_walk_layers(layer))
+        else:
+            out.append(layer)
+    return out
