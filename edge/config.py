@@ -1,0 +1,429 @@
+"""Daemon configuration: one TOML file, validated into dataclasses before anything starts.
+
+A daemon that runs unattended for months should refuse a typo at start-up rather than
+silently ignore it, so every unknown key is an error that names the key *and* the line of
+the file it is on (``tomllib`` does not report positions, so the line is found by scanning
+the TOML text). Secrets never need to live in the file: they come from the environment or
+from systemd credentials (``LoadCredential=`` puts them in ``$CREDENTIALS_DIRECTORY``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from edge.errors import EdgeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/feredge/config.toml")
+
+
+class ConfigError(EdgeError):
+    """The configuration file or a command-line override is invalid."""
+
+
+@dataclass
+class ModelConfig:
+    # None: the shipped default model (package data).
+    path: str | None = None
+    backend: str = "auto"
+    device: str = "auto"  # auto | cpu | coral
+    num_threads: int | None = None
+    # Faces whose smoothed top probability is below this are reported as "uncertain".
+    min_score: float = 0.0
+
+
+@dataclass
+class DetectorConfig:
+    cascade: str | None = None
+    detect_width: int = 320
+    min_face: int = 40
+
+
+@dataclass
+class CameraConfig:
+    name: str = "cam0"
+    # auto | picamera2[:N] | v4l2:/dev/videoN | /dev/videoN | N | video file | rtsp://… | http://…
+    source: str = "auto"
+    width: int = 1280
+    height: int = 720
+    fps: float = 15.0
+    # Video files only: "realtime" paces frames by their timestamps, "fast" as fast as possible.
+    pace: str = "realtime"
+    loop: bool = False
+    # Reconnect backoff: first wait, cap, and the read timeout after which a camera is offline.
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    read_timeout: float = 5.0
+    # Detection on every Nth frame only (the tracker keeps boxes in between).
+    detect_every: int = 1
+
+
+@dataclass
+class TrackingConfig:
+    iou: float = 0.3
+    # EMA weight of the newest probabilities: 1 = no smoothing, small = slow but steady labels.
+    ema: float = 0.35
+    # A face must be seen this many frames before it "appears" (suppresses false detections).
+    min_hits: int = 2
+    # A track "leaves" after this many seconds without a matching detection.
+    leave_after: float = 1.5
+    # A label change needs the new label to lead the old one by this much (hysteresis).
+    change_margin: float = 0.1
+
+
+@dataclass
+class DaemonConfig:
+    # A camera loop that has not made progress for this long stops the watchdog pings.
+    stall_timeout: float = 10.0
+    # How long start-up waits for the first frames before reporting READY anyway.
+    startup_timeout: float = 20.0
+    status_interval: float = 5.0
+    stats_interval: float = 30.0
+
+
+@dataclass
+class JsonlConfig:
+    enabled: bool = True
+    path: str = "-"  # "-" = stdout
+    max_bytes: int = 10_000_000
+    backups: int = 3
+    # "events": appear/change/leave only; "frames": also every frame with faces; "all": every frame.
+    mode: str = "events"
+
+
+@dataclass
+class MqttConfig:
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = 1883
+    client_id: str | None = None
+    base_topic: str = "feredge"
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    username: str | None = None
+    password: str | None = None  # prefer password_env / password_credential
+    password_env: str = "FEREDGE_MQTT_PASSWORD"
+    password_credential: str = "mqtt_password"
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    keepalive: int = 30
+    qos: int = 1
+    queue_size: int = 1000
+    reconnect_min: float = 1.0
+    reconnect_max: float = 60.0
+    # Per-camera state is published on change, at most this often (seconds).
+    state_interval: float = 1.0
+
+
+@dataclass
+class HttpConfig:
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 8800
+    token: str | None = None  # prefer token_env / token_credential
+    token_env: str = "FEREDGE_HTTP_TOKEN"
+    token_credential: str = "http_token"
+    # Privacy: no frame is kept in memory unless one of these is switched on.
+    snapshots: bool = False
+    mjpeg: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    camera: list[CameraConfig] = field(default_factory=lambda: [CameraConfig()])
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    jsonl: JsonlConfig = field(default_factory=JsonlConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    source_path: str | None = None  # the file this came from (for messages), not a TOML key
+
+    def validate(self) -> Config:
+        """Cross-field checks that types alone cannot express."""
+        where = self._where
+        if not self.camera:
+            raise ConfigError(f"{where()}: at least one [[camera]] is required")
+        names = [c.name for c in self.camera]
+        for c in self.camera:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", c.name):
+                raise ConfigError(f"{where()}: camera name {c.name!r} may only use letters, digits, _ and -")
+            if c.pace not in ("realtime", "fast"):
+                raise ConfigError(f"{where()}: camera {c.name}: pace must be 'realtime' or 'fast', not {c.pace!r}")
+            if c.fps <= 0 or c.width <= 0 or c.height <= 0 or c.detect_every < 1:
+                raise ConfigError(f"{where()}: camera {c.name}: fps, width, height, detect_every must be positive")
+            if not 0 < c.reconnect_min <= c.reconnect_max:
+                raise ConfigError(f"{where()}: camera {c.name}: need 0 < reconnect_min <= reconnect_max")
+            if c.read_timeout <= 0:
+                raise ConfigError(f"{where()}: camera {c.name}: read_timeout must be > 0")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where()}: camera names must be unique, got {', '.join(names)}")
+        if self.model.device not in ("auto", "cpu", "coral"):
+            raise ConfigError(f"{where()}: model.device must be auto, cpu or coral, not {self.model.device!r}")
+        if not 0.0 <= self.model.min_score < 1.0:
+            raise ConfigError(f"{where()}: model.min_score must be in [0, 1)")
+        t = self.tracking
+        if not 0 < t.ema <= 1 or not 0 < t.iou < 1 or t.min_hits < 1 or t.leave_after <= 0:
+            raise ConfigError(f"{where()}: tracking needs 0 < ema <= 1, 0 < iou < 1, min_hits >= 1, leave_after > 0")
+        if self.jsonl.mode not in ("events", "frames", "all"):
+            raise ConfigError(f"{where()}: jsonl.mode must be events, frames or all, not {self.jsonl.mode!r}")
+        if self.jsonl.max_bytes < 1024 or self.jsonl.backups < 0:
+            raise ConfigError(f"{where()}: jsonl.max_bytes must be >= 1024 and jsonl.backups >= 0")
+        m = self.mqtt
+        if m.enabled:
+            if not 0 < m.port < 65536:
+                raise ConfigError(f"{where()}: mqtt.port {m.port} is not a TCP port")
+            if m.qos not in (0, 1, 2):
+                raise ConfigError(f"{where()}: mqtt.qos must be 0, 1 or 2")
+            if m.queue_size < 1:
+                raise ConfigError(f"{where()}: mqtt.queue_size must be >= 1")
+            if not re.fullmatch(r"[^#+\s]+", m.base_topic) or m.base_topic.endswith("/"):
+                raise ConfigError(f"{where()}: mqtt.base_topic {m.base_topic!r} must not contain #, + or spaces")
+            for name in ("ca_file", "cert_file", "key_file"):
+                p = getattr(m, name)
+                if p and not Path(p).is_file():
+                    raise ConfigError(f"{where()}: mqtt.{name} {p} does not exist")
+        h = self.http
+        if h.enabled:
+            if not 0 <= h.port < 65536:
+                raise ConfigError(f"{where()}: http.port {h.port} is not a TCP port")
+            if not is_loopback(h.bind) and not self.http_token():
+                raise ConfigError(
+                    f"{where()}: http.bind = {h.bind!r} is reachable from other machines, so a token is required "
+                    f"(set ${h.token_env}, the systemd credential {h.token_credential!r}, or http.token)"
+                )
+        return self
+
+    def _where(self) -> str:
+        return self.source_path or "config"
+
+    # ---- secrets ---------------------------------------------------------------------
+    def mqtt_password(self) -> str | None:
+        m = self.mqtt
+        return read_secret(m.password, m.password_env, m.password_credential)
+
+    def http_token(self) -> str | None:
+        h = self.http
+        return read_secret(h.token, h.token_env, h.token_credential)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret(value: str | None, env: str | None, credential: str | None) -> str | None:
+    """A systemd credential wins (it never shows in ``/proc/*/environ``), then the environment,
+    then a value written in the file."""
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir and credential:
+        p = Path(cred_dir) / credential
+        if p.is_file():
+            return p.read_text().strip() or None
+    if env and os.environ.get(env):
+        return os.environ[env]
+    return value or None
+
+
+# ---- loading ---------------------------------------------------------------------------
+
+def load(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, check and return the configuration; ``None`` means defaults only."""
+    data: dict[str, Any] = {}
+    text = ""
+    where = "config"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {p}: {e}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    cfg = from_dict(data, text=text, where=where)
+    cfg.source_path = None if path is None else str(path)
+    for dotted, value in (overrides or {}).items():
+        apply_override(cfg, dotted, value)
+    return cfg.validate()
+
+
+def from_dict(data: dict[str, Any], *, text: str = "", where: str = "config") -> Config:
+    locator = _LineLocator(text)
+    cfg = Config()
+    cfg.source_path = where
+    top_hints = get_type_hints(Config)
+    for key, value in data.items():
+        if key == "source_path" or key not in top_hints:
+            raise ConfigError(f"{where}{locator.suffix((key,))}: unknown key {key!r} (known: {_known(Config)})")
+        if key == "camera":
+            items = value if isinstance(value, list) else [value]
+            cams = []
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    raise ConfigError(f"{where}{locator.suffix(('camera',))}: [[camera]] entries must be tables")
+                cams.append(_build(CameraConfig, item, ("camera",), i, locator, where))
+            cfg.camera = cams
+        else:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{locator.suffix((key,))}: {key} must be a table [{key}]")
+            setattr(cfg, key, _build(type(getattr(cfg, key)), value, (key,), None, locator, where))
+    return cfg
+
+
+def _known(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls) if f.name != "source_path")
+
+
+def _build(cls: type, values: dict[str, Any], path: tuple[str, ...], index: int | None,
+           locator: _LineLocator, where: str) -> Any:
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        full = (*path, key)
+        if key not in hints:
+            line = locator.suffix(full, index)
+            raise ConfigError(f"{where}{line}: unknown key {'.'.join(full)!r} (known in [{path[-1]}]: {_known(cls)})")
+        kwargs[key] = _coerce(value, hints[key], ".".join(full), where + locator.suffix(full, index))
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str, where: str) -> Any:
+    """Check a TOML value against a dataclass field type (ints are accepted for floats)."""
+    optional = False
+    base = hint
+    if get_origin(hint) is not None and type(None) in get_args(hint):
+        optional = True
+        base = next(a for a in get_args(hint) if a is not type(None))
+    if value is None and optional:
+        return None
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - only scalar fields exist
+        return value
+    raise ConfigError(f"{where}: {name} must be {_type_name(base)}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(t: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(t, t.__name__)
+
+
+def apply_override(cfg: Config, dotted: str, value: Any) -> None:
+    """``section.key`` (``camera.key`` sets every camera; ``camera.N.key`` one) from the CLI."""
+    parts = dotted.split(".")
+    targets: list[Any]
+    if parts[0] == "camera":
+        if len(parts) == 3 and parts[1].isdigit():
+            i = int(parts[1])
+            if i >= len(cfg.camera):
+                raise ConfigError(f"override {dotted}: there is no camera {i}")
+            targets, key = [cfg.camera[i]], parts[2]
+        elif len(parts) == 2:
+            targets, key = list(cfg.camera), parts[1]
+        else:
+            raise ConfigError(f"override {dotted}: use camera.KEY or camera.N.KEY")
+    elif len(parts) == 2 and hasattr(cfg, parts[0]) and dataclasses.is_dataclass(getattr(cfg, parts[0])):
+        targets, key = [getattr(cfg, parts[0])], parts[1]
+    else:
+        raise ConfigError(f"override {dotted}: unknown setting (use SECTION.KEY, e.g. mqtt.host)")
+    for t in targets:
+        hints = get_type_hints(type(t))
+        if key not in hints:
+            raise ConfigError(f"override {dotted}: unknown key {key!r} (known: {_known(type(t))})")
+        setattr(t, key, _coerce(value, hints[key], dotted, "override"))
+
+
+# ---- line lookup -------------------------------------------------------------------------
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
+_KEYLINE = re.compile(rf"^\s*({_PART}(?:\s*\.\s*{_PART})*)\s*=")
+
+
+def _split_key(text: str) -> tuple[str, ...]:
+    return tuple(p.strip().strip("\"'") for p in re.findall(r"""(?:"[^"]*"|'[^']*'|[^.]+)""", text))
+
+
+class _LineLocator:
+    """Maps a key path (and array-of-tables index) to its 1-based line in the TOML text.
+
+    A small scanner, not a TOML parser: it follows table headers and ``key =`` lines, which
+    is all a config file written by hand uses. Multi-line strings are skipped so their
+    contents are never taken for keys.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[tuple[tuple[str, ...], int | None], int] = {}
+        table: tuple[str, ...] = ()
+        index: int | None = None
+        counts: dict[tuple[str, ...], int] = {}
+        in_multiline: str | None = None
+        for n, raw in enumerate(text.splitlines(), start=1):
+            line = raw
+            if in_multiline:
+                if in_multiline in line:
+                    in_multiline = None
+                continue
+            m = _HEADER.match(line)
+            if m:
+                table = _split_key(m.group(2))
+                if m.group(1) == "[[":
+                    index = counts.get(table, -1) + 1
+                    counts[table] = index
+                else:
+                    index = None
+                self.lines.setdefault((table, index), n)
+                continue
+            k = _KEYLINE.match(line)
+            if k:
+                key = (*table, *_split_key(k.group(1)))
+                self.lines.setdefault((key, index), n)
+                for i in range(len(table) + 1, len(key)):
+                    self.lines.setdefault((key[:i], index), n)
+                rest = line[k.end():]
+                for q in ('"""', "'''"):
+                    if rest.count(q) == 1:
+                        in_multiline = q
+
+    def line(self, path: tuple[str, ...], index: int | None = None) -> int | None:
+        for p in (path, path[:-1]):
+            if (p, index) in self.lines:
+                return self.lines[(p, index)]
+        return None
+
+    def suffix(self, path: tuple[str, ...], index: int | None = None) -> str:
+        n = self.line(path, index)
+        return f" line {n}" if n else ""

@@ -1,0 +1,293 @@
+"""MQTT and Home Assistant: availability, per-camera state, events, stats, discovery.
+
+Topics (``B`` = ``mqtt.base_topic``, default ``feredge``; ``P`` = ``mqtt.discovery_prefix``):
+
+- ``B/availability`` — retained ``online``/``offline``; ``offline`` is also the last will, so
+  the broker announces a daemon that vanished without saying goodbye.
+- ``B/<camera>/availability`` — retained ``online``/``offline`` for each camera.
+- ``B/<camera>/state`` — retained JSON ``{"faces", "expression", "expressions", "tracks", "ts"}``,
+  sent when it changes, at most every ``state_interval`` seconds.
+- ``B/<camera>/events`` — JSON per event (``appeared``, ``changed``, ``left``), not retained.
+- ``B/stats`` — JSON statistics every ``daemon.stats_interval`` seconds.
+- ``P/sensor/<node>/<camera>_expression/config`` and ``…/<camera>_faces/config`` — retained
+  Home Assistant discovery documents for an expression sensor and a face-count sensor.
+
+Why a queue of our own: paho only queues QoS>0 messages while disconnected and drops
+QoS 0 ones; the daemon must keep classifying with the broker gone, hold a bounded backlog
+(oldest dropped first, counted in ``feredge_mqtt_dropped_total``) and, on reconnect, restate
+what a restarted broker forgot (availability, discovery, the latest state) before the backlog.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+from edge import __version__
+from edge.config import MqttConfig
+from edge.metrics import DaemonMetrics
+from edge.sinks import Sink
+
+log = logging.getLogger(__name__)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "feredge"
+
+
+class MqttSink(Sink):
+    name = "mqtt"
+
+    def __init__(self, config: MqttConfig, cameras: list[str], *, password: str | None = None,
+                 metrics: DaemonMetrics | None = None) -> None:
+        self.cfg = config
+        self.cameras = list(cameras)
+        self.password = password
+        self.metrics = metrics
+        self.node_id = _slug(config.client_id or f"feredge-{socket.gethostname()}")
+        self.base = config.base_topic
+        self.avail_topic = f"{self.base}/availability"
+        self._queue: collections.deque[tuple[str, str, int, bool]] = collections.deque(maxlen=config.queue_size)
+        self._cond = threading.Condition()
+        self._connected = False
+        self._stopping = False
+        self._latest_state: dict[str, str] = {}
+        self._camera_avail: dict[str, str] = {}
+        self._last_state_key: dict[str, Any] = {}
+        self._last_state_time: dict[str, float] = {}
+        self.dropped = 0
+        self.published = 0
+        self.connects = 0
+        self._client: Any = None
+        self._sender: threading.Thread | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        import paho.mqtt.client as mqtt  # only when MQTT is enabled
+
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.node_id, clean_session=True)
+        c.will_set(self.avail_topic, "offline", qos=1, retain=True)
+        if self.cfg.username:
+            c.username_pw_set(self.cfg.username, self.password)
+        if self.cfg.tls or self.cfg.ca_file:
+            c.tls_set(ca_certs=self.cfg.ca_file, certfile=self.cfg.cert_file, keyfile=self.cfg.key_file,
+                      cert_reqs=ssl.CERT_NONE if self.cfg.tls_insecure else ssl.CERT_REQUIRED)
+            c.tls_insecure_set(self.cfg.tls_insecure)
+        c.reconnect_delay_set(max(1, int(self.cfg.reconnect_min)), max(1, int(self.cfg.reconnect_max)))
+        # paho's own store of unacknowledged QoS>0 messages is bounded too.
+        c.max_queued_messages_set(self.cfg.queue_size)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        self._client = c
+        # connect_async + loop_start: an absent broker is retried in the background with
+        # paho's backoff instead of failing start-up.
+        c.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        c.loop_start()
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._sender.start()
+        log.info("MQTT: connecting to %s:%d as %s (base topic %s)", self.cfg.host, self.cfg.port,
+                 self.node_id, self.base)
+
+    def close(self) -> None:
+        c = self._client
+        if c is None:
+            return
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._sender is not None:
+            self._sender.join(timeout=2.0)
+        if self._connected:
+            # Flush what little is queued, then say goodbye (the will is only for crashes).
+            deadline = time.monotonic() + 1.0
+            while self._queue and time.monotonic() < deadline:
+                self._publish_now(*self._queue.popleft())
+            for cam in self.cameras:
+                c.publish(f"{self.base}/{cam}/availability", "offline", qos=1, retain=True)
+            info = c.publish(self.avail_topic, "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=1.0)
+            except (RuntimeError, ValueError):
+                pass
+        c.disconnect()
+        c.loop_stop()
+        self._client = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    # ---- paho callbacks (network thread) -------------------------------------------------
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            log.warning("MQTT: broker refused the connection: %s", reason_code)
+            return
+        self.connects += 1
+        log.info("MQTT: connected to %s:%d", self.cfg.host, self.cfg.port)
+        # Restate everything retained first: the broker may have restarted and forgotten it.
+        client.publish(self.avail_topic, "online", qos=1, retain=True)
+        if self.cfg.discovery:
+            for topic, doc in self.discovery_docs().items():
+                client.publish(topic, json.dumps(doc), qos=1, retain=True)
+        with self._cond:
+            avail = dict(self._camera_avail)
+            states = dict(self._latest_state)
+        for cam in self.cameras:
+            client.publish(f"{self.base}/{cam}/availability", avail.get(cam, "online"), qos=1, retain=True)
+        for cam, payload in states.items():
+            client.publish(f"{self.base}/{cam}/state", payload, qos=self.cfg.qos, retain=True)
+        with self._cond:
+            self._connected = True
+            self._cond.notify_all()
+        if self.metrics:
+            self.metrics.mqtt_connected.set(1)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        with self._cond:
+            was = self._connected
+            self._connected = False
+        if self.metrics:
+            self.metrics.mqtt_connected.set(0)
+        if was and not self._stopping:
+            log.warning("MQTT: disconnected (%s); reconnecting with backoff", reason_code)
+
+    # ---- queue ---------------------------------------------------------------------------
+    def _enqueue(self, topic: str, payload: str, qos: int, retain: bool) -> None:
+        with self._cond:
+            if len(self._queue) == self._queue.maxlen:
+                self.dropped += 1
+                if self.metrics:
+                    self.metrics.mqtt_dropped.inc()
+            self._queue.append((topic, payload, qos, retain))
+            self._cond.notify()
+
+    def queue_length(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not (self._connected and self._queue):
+                    self._cond.wait(timeout=1.0)
+                if self._stopping:
+                    return
+                item = self._queue.popleft()
+            if not self._publish_now(*item):
+                with self._cond:
+                    if len(self._queue) < (self._queue.maxlen or 1):
+                        self._queue.appendleft(item)
+                    else:
+                        self.dropped += 1
+                    self._cond.wait(timeout=0.5)
+
+    def _publish_now(self, topic: str, payload: str, qos: int, retain: bool) -> bool:
+        import paho.mqtt.client as mqtt
+
+        c = self._client
+        if c is None:
+            return False
+        try:
+            rc = c.publish(topic, payload, qos=qos, retain=retain).rc
+        except (ValueError, RuntimeError) as e:  # a bad topic is a bug in config validation
+            log.error("MQTT: cannot publish to %s: %s", topic, e)
+            return True
+        if rc == mqtt.MQTT_ERR_SUCCESS:
+            self.published += 1
+            return True
+        if rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            self.dropped += 1
+            if self.metrics:
+                self.metrics.mqtt_dropped.inc()
+            return True
+        return False  # not connected: keep it in our queue
+
+    # ---- sink API ------------------------------------------------------------------------
+    def frame(self, camera: str, record: dict[str, Any]) -> None:
+        faces = record.get("faces") or []
+        labels = sorted(f["label"] for f in faces)
+        expression = "none"
+        if faces:
+            # The most confident face names the camera's expression (one sensor per camera).
+            expression = max(faces, key=lambda f: (f.get("score", 0.0), -f.get("track_id", 0)))["label"]
+        key = (len(faces), expression, tuple(labels))
+        now = time.monotonic()
+        if key == self._last_state_key.get(camera) or now - self._last_state_time.get(camera, -1e9) < \
+                self.cfg.state_interval:
+            return
+        self._last_state_key[camera] = key
+        self._last_state_time[camera] = now
+        counts: dict[str, int] = {}
+        for lab in labels:
+            counts[lab] = counts.get(lab, 0) + 1
+        payload = json.dumps({
+            "faces": len(faces),
+            "expression": expression,
+            "expressions": counts,
+            "tracks": [{"track_id": f["track_id"], "label": f["label"], "score": f.get("score")} for f in faces],
+            "ts": record.get("ts"),
+        })
+        with self._cond:
+            self._latest_state[camera] = payload
+        self._enqueue(f"{self.base}/{camera}/state", payload, self.cfg.qos, True)
+
+    def events(self, events: list[dict[str, Any]]) -> None:
+        for ev in events:
+            self._enqueue(f"{self.base}/{ev['camera']}/events", json.dumps(ev), self.cfg.qos, False)
+
+    def camera_state(self, camera: str, online: bool, reason: str = "") -> None:
+        value = "online" if online else "offline"
+        with self._cond:
+            self._camera_avail[camera] = value
+        self._enqueue(f"{self.base}/{camera}/availability", value, 1, True)
+
+    def stats(self, stats: dict[str, Any]) -> None:
+        self._enqueue(f"{self.base}/stats", json.dumps(stats), 0, False)
+
+    # ---- Home Assistant ------------------------------------------------------------------
+    def discovery_docs(self) -> dict[str, dict[str, Any]]:
+        device = {
+            "identifiers": [self.node_id],
+            "name": f"feredge {self.node_id}",
+            "manufacturer": "feredge",
+            "model": "feredge expression daemon",
+            "sw_version": __version__,
+        }
+        docs: dict[str, dict[str, Any]] = {}
+        prefix = self.cfg.discovery_prefix
+        for cam in self.cameras:
+            state = f"{self.base}/{cam}/state"
+            common = {
+                "state_topic": state,
+                "availability": [{"topic": self.avail_topic}, {"topic": f"{self.base}/{cam}/availability"}],
+                "availability_mode": "all",
+                "device": device,
+            }
+            docs[f"{prefix}/sensor/{self.node_id}/{cam}_expression/config"] = {
+                "name": f"{cam} expression",
+                "unique_id": f"{self.node_id}_{cam}_expression",
+                "object_id": f"feredge_{cam}_expression",
+                "value_template": "{{ value_json.expression }}",
+                "json_attributes_topic": state,
+                "json_attributes_template": "{{ {'expressions': value_json.expressions, "
+                                            "'tracks': value_json.tracks} | tojson }}",
+                "icon": "mdi:emoticon-outline",
+                **common,
+            }
+            docs[f"{prefix}/sensor/{self.node_id}/{cam}_faces/config"] = {
+                "name": f"{cam} faces",
+                "unique_id": f"{self.node_id}_{cam}_faces",
+                "object_id": f"feredge_{cam}_faces",
+                "value_template": "{{ value_json.faces }}",
+                "state_class": "measurement",
+                "icon": "mdi:face-recognition",
+                **common,
+            }
+        return docs

@@ -1,0 +1,315 @@
+"""Keeping a camera alive: open by spec, reconnect with backoff, mark offline, never crash.
+
+A daemon on a shelf meets every failure a camera has: unplugged USB cables, an RTSP camera
+rebooting, a driver that stops delivering frames without an error. :class:`CameraFeed`
+turns any source opener into an endless stream of frames for the daemon loop:
+
+- the source is read on its own thread and handed over through a small queue, so a read
+  that never returns cannot hang the loop: after ``read_timeout`` seconds without a frame
+  the camera is *offline*, the stuck reader is abandoned, and the source is reopened;
+- failed opens and reads are retried with exponential backoff (``reconnect_min`` doubling
+  up to ``reconnect_max``), reset by the first good frame;
+- live cameras keep only the newest frame (a slow loop reports what is in front of the
+  camera now, not a backlog); files keep every frame.
+
+``heartbeat`` advances whenever the feed's own control loop runs (a frame, a wait slice, a
+backoff slice), and stops when the *caller* stops pulling frames — which is exactly what the
+systemd watchdog should see as a stall.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from edge.config import CameraConfig, ConfigError
+from edge.errors import EdgeError
+from edge.sources import Frame, FrameSource
+
+log = logging.getLogger(__name__)
+
+Opener = Callable[[], FrameSource]
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+# ---- opening by spec ------------------------------------------------------------------------
+
+def source_kind(spec: str) -> str:
+    """``picamera2`` | ``v4l2`` | ``url`` | ``file`` | ``auto`` for a camera's ``source`` string."""
+    s = spec.strip()
+    if s == "auto":
+        return "auto"
+    if s == "picamera2" or s.startswith("picamera2:"):
+        return "picamera2"
+    if s.startswith("v4l2:") or s.isdigit() or s.startswith("/dev/video") or s.startswith("/dev/v4l/"):
+        return "v4l2"
+    if "://" in s:
+        return "url"
+    return "file"
+
+
+def check_source(cfg: CameraConfig) -> None:
+    """What can be checked before start-up (``feredge run --check``): files exist, specs parse."""
+    kind = source_kind(cfg.source)
+    if kind == "file" and not Path(cfg.source).is_file():
+        raise ConfigError(f"camera {cfg.name}: source {cfg.source!r} is not a file, a device, a URL or 'auto'")
+    if kind == "picamera2":
+        idx = cfg.source.partition(":")[2] or "0"
+        if not idx.isdigit():
+            raise ConfigError(f"camera {cfg.name}: picamera2 index {idx!r} is not a number")
+
+
+def make_opener(cfg: CameraConfig) -> tuple[Opener, bool, bool]:
+    """``(opener, finite, live)`` for a camera config. ``finite``: the feed ends when the
+    source ends (a video file without ``loop``); ``live``: drop stale frames."""
+    check_source(cfg)
+    kind = source_kind(cfg.source)
+    if kind == "auto":
+        return (lambda: _open_auto(cfg)), False, True
+    if kind == "picamera2":
+        index = int(cfg.source.partition(":")[2] or 0)
+        return (lambda: _open_picamera2(cfg, index)), False, True
+    if kind == "v4l2":
+        return (lambda: _open_v4l2(cfg, cfg.source)), False, True
+    if kind == "url":
+        from edge.sources.camera import CameraSource
+
+        return (lambda: CameraSource(cfg.source)), False, True
+    return (lambda: VideoFileSource(Path(cfg.source), pace=cfg.pace, loop=cfg.loop)), not cfg.loop, False
+
+
+def _open_picamera2(cfg: CameraConfig, index: int) -> FrameSource:
+    from edge.sources.picamera2 import Picamera2Source
+
+    return Picamera2Source(index, width=cfg.width, height=cfg.height, fps=cfg.fps, timeout=cfg.read_timeout)
+
+
+def _open_v4l2(cfg: CameraConfig, spec: str) -> FrameSource:
+    from edge.sources.v4l2 import V4l2Source, parse_device
+
+    return V4l2Source(parse_device(spec), width=cfg.width, height=cfg.height, fps=cfg.fps)
+
+
+def _open_auto(cfg: CameraConfig) -> FrameSource:
+    """A Pi camera when libcamera sees one, else the first V4L2 device."""
+    from edge.sources.picamera2 import camera_present
+    from edge.sources.v4l2 import list_devices
+
+    if camera_present():
+        return _open_picamera2(cfg, 0)
+    devices = list_devices()
+    if not devices:
+        raise EdgeError("no camera found (no Pi camera via picamera2, no /dev/video*)")
+    return _open_v4l2(cfg, devices[0])
+
+
+class VideoFileSource:
+    """A video file for the daemon: paced to its timestamps (``realtime``) or as fast as
+    possible (``fast``), optionally looped. Built on the runtime's ``VideoSource``; frame
+    indices keep counting across loops so every frame of a run is distinct."""
+
+    kind = "video"
+
+    def __init__(self, path: Path, *, pace: str = "realtime", loop: bool = False) -> None:
+        from edge.sources.video import VideoSource
+
+        self._video_cls = VideoSource
+        self.path, self.pace, self.loop = Path(path), pace, loop
+        self._src = VideoSource(self.path)  # opens now, so a bad file fails at open time
+        self.name = str(self.path)
+        self.fps = self._src.fps
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        while True:
+            src = self._src if self._src is not None else self._video_cls(self.path)
+            self._src = None
+            n = 0
+            start = time.monotonic()
+            first_pts: float | None = None
+            try:
+                for f in src:
+                    if self.pace == "realtime":
+                        pts = f.pts if f.pts is not None else n / (self.fps or 25.0)
+                        if first_pts is None:
+                            first_pts = pts
+                        delay = start + (pts - first_pts) - time.monotonic()
+                        if delay > 0:
+                            time.sleep(delay)
+                    yield Frame(image=f.image, index=index, ts=time.time(), source=self.name, pts=f.pts)
+                    index += 1
+                    n += 1
+            finally:
+                src.close()
+            if not self.loop:
+                return
+            if n == 0:
+                raise EdgeError(f"{self.path} has no decodable frames")
+
+    def close(self) -> None:
+        if self._src is not None:
+            self._src.close()
+            self._src = None
+
+
+# ---- the feed -----------------------------------------------------------------------------
+
+class CameraFeed:
+    """Frames from one camera for as long as the daemon runs; see the module docstring."""
+
+    def __init__(self, name: str, opener: Opener, *, stop: threading.Event, backoff_min: float = 0.5,
+                 backoff_max: float = 30.0, read_timeout: float = 5.0, live: bool = True, finite: bool = False,
+                 on_state: Callable[[bool, str], None] | None = None,
+                 on_reconnect: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self.opener = opener
+        self.stop = stop
+        self.backoff_min, self.backoff_max = backoff_min, backoff_max
+        self.read_timeout = read_timeout
+        self.live, self.finite = live, finite
+        self.on_state = on_state
+        self.on_reconnect = on_reconnect
+        self.online = False
+        self.offline_since: float | None = time.monotonic()
+        self.reason = "starting"
+        self.reconnects = 0
+        self.opens = 0
+        self.ended = False  # a finite source delivered its last frame
+        self.heartbeat = time.monotonic()
+
+    # ---- state ----------------------------------------------------------------------------
+    def _set_online(self) -> None:
+        self.online, self.offline_since, self.reason = True, None, ""
+        log.info("camera %s online", self.name)
+        if self.on_state:
+            self.on_state(True, "")
+
+    def _set_offline(self, reason: str) -> None:
+        first = self.online or self.reason == "starting"
+        was_online = self.online
+        self.online, self.reason = False, reason
+        if was_online or self.offline_since is None:
+            self.offline_since = time.monotonic()
+        if first:
+            log.warning("camera %s offline: %s", self.name, reason)
+            if self.on_state:
+                self.on_state(False, reason)
+        else:
+            log.debug("camera %s still offline: %s", self.name, reason)
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stop.is_set():
+            self.heartbeat = time.monotonic()
+            left = end - self.heartbeat
+            if left <= 0:
+                return
+            self.stop.wait(min(0.25, left))
+
+    # ---- reading --------------------------------------------------------------------------
+    def _reader(self, src: FrameSource, q: queue.Queue[Any], abandon: threading.Event) -> None:
+        def put(item: Any) -> None:
+            while not abandon.is_set():
+                try:
+                    q.put(item, timeout=0.2)
+                    return
+                except queue.Full:
+                    if self.live and item is not _END and not isinstance(item, _Failed):
+                        try:  # newest frame wins: drop the stale one
+                            q.get_nowait()
+                        except queue.Empty:
+                            pass
+
+        try:
+            for frame in src:
+                if abandon.is_set():
+                    break
+                put(frame)
+            put(_END)
+        except BaseException as e:  # anything a driver throws ends this source, not the daemon
+            put(_Failed(e))
+        finally:
+            try:
+                src.close()
+            except Exception as e:
+                log.debug("camera %s: close failed: %s", self.name, e)
+
+    def frames(self) -> Iterator[Frame]:
+        delay = self.backoff_min
+        attempt = 0
+        while not self.stop.is_set():
+            if attempt:
+                self.reconnects += 1
+                if self.on_reconnect:
+                    self.on_reconnect()
+                log.info("camera %s: reconnect attempt %d", self.name, self.reconnects)
+            attempt += 1
+            self.heartbeat = time.monotonic()
+            try:
+                src = self.opener()
+            except Exception as e:
+                self._set_offline(f"open failed: {_short(e)}")
+                self._sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            self.opens += 1
+            q: queue.Queue[Any] = queue.Queue(maxsize=1 if self.live else 4)
+            abandon = threading.Event()
+            reader = threading.Thread(target=self._reader, args=(src, q, abandon), name=f"read-{self.name}",
+                                      daemon=True)
+            reader.start()
+            reason = "source ended"
+            finished = False
+            got = 0
+            last = time.monotonic()
+            try:
+                while not self.stop.is_set():
+                    try:
+                        item = q.get(timeout=0.25)
+                    except queue.Empty:
+                        self.heartbeat = now = time.monotonic()
+                        if now - last > self.read_timeout:
+                            reason = f"no frame for {self.read_timeout:g} s"
+                            break
+                        continue
+                    if item is _END:
+                        finished = True
+                        break
+                    if isinstance(item, _Failed):
+                        reason = f"read failed: {_short(item.exc)}"
+                        break
+                    self.heartbeat = last = time.monotonic()
+                    if got == 0:
+                        self._set_online()
+                        delay = self.backoff_min
+                    got += 1
+                    yield item
+            finally:
+                abandon.set()
+            if self.stop.is_set():
+                return
+            if finished and self.finite:
+                self.ended = True
+                self._set_offline("end of file")
+                return
+            if reader.is_alive() and not finished:
+                log.warning("camera %s: reader still blocked; abandoning it", self.name)
+            self._set_offline(reason)
+            self._sleep(delay)
+            delay = min(delay * 2, self.backoff_max)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if not isinstance(e, EdgeError) else text

@@ -1,0 +1,199 @@
+"""Per-face tracking: stable ids, smoothed expressions, and appear/change/leave events.
+
+A per-frame classifier flickers between neighbouring expressions; a dashboard or a Home
+Assistant automation wants "this face became happy" once, not fifteen times a second. So
+detections are linked across frames by box overlap (IoU, greedy — a shelf camera sees a
+handful of faces, Hungarian matching buys nothing), each track's probabilities are an
+exponential moving average, and its label only changes when the new expression leads the
+old one by a margin (hysteresis). Events are emitted from the smoothed state.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge.config import TrackingConfig
+
+Box = tuple[int, int, int, int]  # x, y, w, h in full-frame pixels
+
+UNCERTAIN = "uncertain"
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    union = aw * ah + bw * bh - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+@dataclass
+class Track:
+    id: int
+    box: Box
+    probs: np.ndarray
+    label: str
+    first_seen: float
+    last_seen: float
+    hits: int = 1
+    confirmed: bool = False
+
+    @property
+    def score(self) -> float:
+        return float(self.probs.max())
+
+
+@dataclass
+class TrackedFace:
+    """One face in one frame, as the sinks publish it."""
+
+    track_id: int
+    box: Box
+    label: str
+    score: float
+    scores: dict[str, float]
+    raw_label: str | None = None  # the unsmoothed label of this frame (None: box kept, not re-detected)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "track_id": self.track_id,
+            "box": [int(v) for v in self.box],
+            "label": self.label,
+            "score": round(self.score, 4),
+            "scores": {k: round(v, 4) for k, v in self.scores.items()},
+        }
+
+
+@dataclass
+class TrackUpdate:
+    faces: list[TrackedFace] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Tracker:
+    """IoU tracker for one camera. Not thread-safe: one per camera loop."""
+
+    def __init__(self, labels: Sequence[str], config: TrackingConfig | None = None, *,
+                 min_score: float = 0.0, camera: str = "cam0", id_start: int = 1) -> None:
+        self.labels = list(labels)
+        self.cfg = config or TrackingConfig()
+        self.min_score = min_score
+        self.camera = camera
+        self.tracks: list[Track] = []
+        self._ids = itertools.count(id_start)
+
+    # ------------------------------------------------------------------------------------
+    def update(self, detections: Sequence[tuple[Sequence[int], np.ndarray]], ts: float) -> TrackUpdate:
+        """Feed one frame's detections ``[(box, probabilities), ...]`` taken at time ``ts``."""
+        out = TrackUpdate()
+        matched_tracks: set[int] = set()
+        assignment: dict[int, Track] = {}
+        pairs = sorted(
+            ((iou(t.box, d[0]), ti, di) for ti, t in enumerate(self.tracks) for di, d in enumerate(detections)),
+            reverse=True,
+        )
+        for overlap, ti, di in pairs:
+            if overlap < self.cfg.iou:
+                break
+            if ti in matched_tracks or di in assignment:
+                continue
+            matched_tracks.add(ti)
+            assignment[di] = self.tracks[ti]
+
+        for di, (box, probs) in enumerate(detections):
+            p = np.asarray(probs, dtype=np.float32).reshape(-1)
+            box_t = tuple(int(v) for v in box)
+            track = assignment.get(di)
+            if track is None:
+                track = Track(next(self._ids), box_t, p.copy(), self._label_of(p), ts, ts)
+                self.tracks.append(track)
+            else:
+                a = self.cfg.ema
+                track.probs = a * p + (1.0 - a) * track.probs
+                track.box = box_t
+                track.last_seen = ts
+                track.hits += 1
+                self._maybe_change(track, ts, out.events)
+            if not track.confirmed and track.hits >= self.cfg.min_hits:
+                track.confirmed = True
+                out.events.append(self._event("appeared", track, ts))
+            if track.confirmed:
+                out.faces.append(self._face(track, raw=self._label_of(p)))
+
+        # Tracks not seen this frame: keep them for leave_after seconds, then they leave.
+        kept = []
+        seen = {id(t) for t in assignment.values()} | {id(t) for t in self.tracks if t.last_seen == ts}
+        for t in self.tracks:
+            if id(t) in seen:
+                kept.append(t)
+            elif ts - t.last_seen >= self.cfg.leave_after:
+                if t.confirmed:
+                    out.events.append(self._event("left", t, ts))
+            else:
+                kept.append(t)
+        self.tracks = kept
+        return out
+
+    def hold(self, ts: float) -> TrackUpdate:
+        """A frame without detection (``detect_every`` > 1): report current tracks, expire old ones."""
+        out = TrackUpdate()
+        kept = []
+        for t in self.tracks:
+            if ts - t.last_seen >= self.cfg.leave_after:
+                if t.confirmed:
+                    out.events.append(self._event("left", t, ts))
+                continue
+            kept.append(t)
+            if t.confirmed:
+                out.faces.append(self._face(t, raw=None))
+        self.tracks = kept
+        return out
+
+    def clear(self, ts: float) -> list[dict[str, Any]]:
+        """Every track leaves (camera went offline, daemon stopping)."""
+        events = [self._event("left", t, ts) for t in self.tracks if t.confirmed]
+        self.tracks = []
+        return events
+
+    # ------------------------------------------------------------------------------------
+    def _label_of(self, p: np.ndarray) -> str:
+        i = int(np.argmax(p))
+        if float(p[i]) < self.min_score:
+            return UNCERTAIN
+        return self.labels[i] if i < len(self.labels) else str(i)
+
+    def _maybe_change(self, t: Track, ts: float, events: list[dict[str, Any]]) -> None:
+        best = self._label_of(t.probs)
+        if best == t.label:
+            return
+        if t.label != UNCERTAIN and best != UNCERTAIN:
+            old_p = float(t.probs[self.labels.index(t.label)])
+            if float(t.probs.max()) - old_p < self.cfg.change_margin:
+                return
+        previous, t.label = t.label, best
+        if t.confirmed:
+            ev = self._event("changed", t, ts)
+            ev["previous"] = previous
+            events.append(ev)
+
+    def _face(self, t: Track, raw: str | None) -> TrackedFace:
+        scores = {lab: float(t.probs[i]) for i, lab in enumerate(self.labels) if i < t.probs.size}
+        return TrackedFace(t.id, t.box, t.label, t.score, scores, raw)
+
+    def _event(self, kind: str, t: Track, ts: float) -> dict[str, Any]:
+        return {
+            "event": kind,
+            "camera": self.camera,
+            "track_id": t.id,
+            "label": t.label,
+            "score": round(t.score, 4),
+            "ts": round(ts, 3),
+            "duration": round(max(0.0, (t.last_seen if kind == "left" else ts) - t.first_seen), 3),
+        }
