@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("export.cli_parity", "check exported artifacts against the desktop model"),
     "classify": ("edge.cli_classify", "find faces in images, video or a camera and classify their expressions"),
     "doctor": ("edge.doctor", "check this device: interpreter, cascade, cameras, Coral, model"),
+    "run": ("edge.daemon", "run as a service: cameras -> expressions -> JSON lines, MQTT, Prometheus"),
 }
 
 
