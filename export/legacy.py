@@ -121,6 +121,12 @@ def _translate_model(node: dict[str, Any], repairs: Repairs) -> dict[str, Any]:
         conf["layers"] = [_translate_layer(layer, repairs, in_sequential=False) for layer in conf.get("layers", [])]
         for layer in conf["layers"]:
             layer.get("config", {}).pop("_feredge_batch_shape", None)
+        for key in ("input_layers", "output_layers"):
+            refs = conf.get(key)
+            # Keras 2 always wrote a list of refs; Keras 3 reads a one-element list as a list-structured
+            # model (and warns at every call), a bare ref as a plain tensor.
+            if isinstance(refs, list) and len(refs) == 1 and isinstance(refs[0], list):
+                conf[key] = refs[0]
         _clean_model_conf(conf)
     else:
         raise ExportError(f"top-level class {cls!r} is not a Keras Sequential or Functional model")

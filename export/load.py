@@ -77,6 +77,8 @@ def load_model(path: str | os.PathLike[str], *, architecture: str | None = None,
             raise ExportError(f"cannot read model {src}: {e.strerror or e}") from None
         if zipfile.is_zipfile(src):
             model, fmt, labels = _load_keras_zip(src, architecture, trust_model)
+        elif src.suffix.lower() == ".keras":
+            raise ExportError(f"{src} is not a valid .keras file (not a zip archive: damaged or truncated?)")
         else:
             model, fmt, labels = _load_h5(src, architecture, keras1_theano, trust_model, repairs)
     input_geometry(model)  # refuse non-image models here, with the file's name at hand

@@ -405,6 +405,18 @@ def load_cases(d: Path) -> dict[str, Case]:
     return out
 
 
+def write_fer_reference(fer_h5: Path, d: Path) -> Case:
+    """The real Keras 2.0.5 file, evaluated by tf_keras (Keras 2), an independent reference."""
+    import tf_keras as k2
+
+    m = k2.models.load_model(fer_h5, compile=False)
+    x = np.random.default_rng(5).uniform(-1.0, 1.0, (4, *m.input_shape[1:])).astype("float32")
+    return Case("fer-h5", fer_h5, x, _predict(m, x))
+
+
 if __name__ == "__main__":
     out_dir = Path(sys.argv[1])
-    save_cases(write_all(out_dir), out_dir)
+    cases = write_all(out_dir)
+    if len(sys.argv) > 2:
+        cases["fer-h5"] = write_fer_reference(Path(sys.argv[2]), out_dir)
+    save_cases(cases, out_dir)
