@@ -1,0 +1,236 @@
+"""Full-integer int8 TFLite conversion, and a check of the flatbuffer that came out.
+
+Why a SavedModel detour: handing a Keras 3 model to ``from_concrete_functions`` as the
+``trackable_obj`` silently loses its variables. Keras 3's own ``model.export`` writes a
+SavedModel whose signature we pin to a STATIC batch of 1 (the Edge TPU compiler and the Pi's
+arena planner both want static shapes), and ``from_saved_model`` converts that reliably.
+
+Why the check: the converter may quietly keep float islands (a DEQUANTIZE before an op it
+could not quantise) — such a model runs on a CPU but not on an Edge TPU, and is slower. The
+flatbuffer is parsed with LiteRT's schema module (pure Python, no interpreter needed).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.contract import QuantParams
+from export.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+_FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16", "COMPLEX64", "COMPLEX128"}
+# int32 holds biases, shapes and axes; int64 shows up as constant indices. Both are fine.
+_ALLOWED_TYPES = {"INT8", "UINT8", "INT32", "INT64", "BOOL"}
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - TensorFlow ships the same generated module
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema
+
+
+@dataclass
+class OpInfo:
+    index: int
+    name: str
+    version: int
+    inputs: list[int]
+    outputs: list[int]
+    custom: str | None = None
+
+
+@dataclass
+class TensorInfo:
+    index: int
+    name: str
+    type: str
+    shape: list[int]
+    shape_signature: list[int] | None
+    scale: list[float] = field(default_factory=list)
+    zero_point: list[int] = field(default_factory=list)
+    constant: bool = False
+
+
+@dataclass
+class FlatbufferInfo:
+    """What a .tflite holds, read straight from its flatbuffer."""
+
+    ops: list[OpInfo]
+    tensors: list[TensorInfo]
+    inputs: list[int]
+    outputs: list[int]
+    subgraphs: int
+
+    def op_summary(self) -> list[dict[str, Any]]:
+        """Distinct ops with their versions and counts, as the report and the Edge TPU check list them."""
+        seen: dict[tuple[str, int], int] = {}
+        for op in self.ops:
+            seen[(op.name, op.version)] = seen.get((op.name, op.version), 0) + 1
+        return [{"op": n, "version": v, "count": c} for (n, v), c in sorted(seen.items())]
+
+    def quant(self, tensor_index: int) -> QuantParams:
+        t = self.tensors[tensor_index]
+        dtype = {"INT8": "int8", "UINT8": "uint8", "FLOAT32": "float32"}.get(t.type, t.type.lower())
+        if dtype == "float32" or not t.scale:
+            return QuantParams(dtype, 0.0, 0)
+        return QuantParams(dtype, float(t.scale[0]), int(t.zero_point[0]) if t.zero_point else 0)
+
+
+def read_flatbuffer(data: bytes) -> FlatbufferInfo:
+    schema = _schema()
+    try:
+        model = schema.ModelT.InitFromPackedBuf(data, 0)
+    except Exception as e:  # a truncated or foreign file makes the generated reader raise anything
+        raise ExportError(f"not a readable TFLite flatbuffer: {type(e).__name__}: {e}") from None
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    codes = []
+    for oc in model.operatorCodes or []:
+        code = max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))
+        name = op_names.get(code, f"OP_{code}")
+        custom = oc.customCode.decode() if isinstance(oc.customCode, bytes) else oc.customCode
+        codes.append((name, int(oc.version or 1), custom))
+    ops: list[OpInfo] = []
+    tensors: list[TensorInfo] = []
+    inputs: list[int] = []
+    outputs: list[int] = []
+    for gi, sg in enumerate(model.subgraphs or []):
+        base = len(tensors)
+        for ti, t in enumerate(sg.tensors or []):
+            q = t.quantization
+            buf = model.buffers[t.buffer] if model.buffers is not None and t.buffer < len(model.buffers) else None
+            tensors.append(TensorInfo(
+                index=base + ti,
+                name=(t.name.decode() if isinstance(t.name, bytes) else str(t.name)),
+                type=type_names.get(t.type, str(t.type)),
+                shape=[int(v) for v in (t.shape if t.shape is not None else [])],
+                shape_signature=None if t.shapeSignature is None else [int(v) for v in t.shapeSignature],
+                scale=[float(v) for v in (q.scale if q is not None and q.scale is not None else [])],
+                zero_point=[int(v) for v in (q.zeroPoint if q is not None and q.zeroPoint is not None else [])],
+                constant=buf is not None and buf.data is not None and len(buf.data) > 0,
+            ))
+        if gi == 0:
+            inputs = [base + int(i) for i in (sg.inputs if sg.inputs is not None else [])]
+            outputs = [base + int(i) for i in (sg.outputs if sg.outputs is not None else [])]
+        for op in sg.operators or []:
+            name, version, custom = codes[op.opcodeIndex]
+            ops.append(OpInfo(
+                index=len(ops),
+                name=name if name != "CUSTOM" else f"CUSTOM:{custom}",
+                version=version,
+                inputs=[base + int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0],
+                outputs=[base + int(i) for i in (op.outputs if op.outputs is not None else [])],
+                custom=custom,
+            ))
+    return FlatbufferInfo(ops=ops, tensors=tensors, inputs=inputs, outputs=outputs,
+                          subgraphs=len(model.subgraphs or []))
+
+
+def verify_int8(data: bytes, what: str = "int8 TFLite") -> FlatbufferInfo:
+    """Refuse anything that is not a static, full-integer model; the message names the op."""
+    info = read_flatbuffer(data)
+    if info.subgraphs != 1:
+        raise ExportError(f"{what} has {info.subgraphs} subgraphs (control flow); expected one static graph")
+    producer = {t: op for op in info.ops for t in op.outputs}
+    boundary = set(info.inputs) | set(info.outputs)
+
+    def where(t: TensorInfo) -> str:
+        op = producer.get(t.index)
+        return f"op #{op.index} {op.name}" if op else "a graph input"
+
+    for i in info.inputs + info.outputs:
+        t = info.tensors[i]
+        if t.type not in ("INT8", "UINT8"):
+            kind = "input" if i in info.inputs else "output"
+            raise ExportError(f"{what}: {kind} tensor '{t.name}' is {t.type}, expected int8")
+    for t in info.tensors:
+        if t.shape_signature is not None and any(v < 0 for v in t.shape_signature):
+            raise ExportError(
+                f"{what}: tensor '{t.name}' of {where(t)} has a dynamic shape {t.shape_signature}; "
+                "expected static shapes (batch 1)"
+            )
+        if t.type in _FLOAT_TYPES:
+            raise ExportError(f"{what}: {where(t)} leaves tensor '{t.name}' in {t.type}; the model is not "
+                              "fully integer (that op could not be quantised)")
+        if t.type not in _ALLOWED_TYPES:
+            raise ExportError(f"{what}: tensor '{t.name}' of {where(t)} is {t.type}, expected int8")
+    for op in info.ops:
+        if op.name.startswith("CUSTOM") or op.name in ("FLEX", "DELEGATE"):
+            raise ExportError(f"{what}: op #{op.index} {op.name} is a custom/TF Select op; it will not run on "
+                              "the device runtime")
+        if op.name in ("QUANTIZE", "DEQUANTIZE") and not (set(op.inputs) | set(op.outputs)) & boundary:
+            raise ExportError(f"{what}: op #{op.index} {op.name} sits inside the graph (only allowed at the "
+                              "input/output boundary)")
+    return info
+
+
+def keras_to_saved_model(model: Any, input_shape: tuple[int, int, int], dest: Path) -> Path:
+    """SavedModel with a static (1, H, W, C) float32 signature, via Keras 3's ExportArchive."""
+    import tensorflow as tf
+
+    h, w, c = input_shape
+    try:
+        model.export(str(dest), format="tf_saved_model",
+                     input_signature=[tf.TensorSpec((1, h, w, c), tf.float32, name="input")], verbose=False)
+    except TypeError:  # older Keras without ``verbose``
+        model.export(str(dest), format="tf_saved_model",
+                     input_signature=[tf.TensorSpec((1, h, w, c), tf.float32, name="input")])
+    return dest
+
+
+def _converter_error(e: BaseException) -> str:
+    """The first line of a converter failure that names an op, not the whole MLIR dump."""
+    text = str(e)
+    for pat in (r"'([\w.]+)' op [^\n]*", r"[^\n]*not supported[^\n]*", r"[^\n]*error:[^\n]*"):
+        m = re.search(pat, text)
+        if m:
+            return m.group(0).strip()[:300]
+    return (text.strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def convert_int8(
+    model: Any,
+    calib_x: np.ndarray,
+    *,
+    progress_cb: Callable[[int], None] | None = None,
+    saved_model_dir: Path | None = None,
+) -> tuple[bytes, FlatbufferInfo]:
+    """Keras model + prepared calibration batch (N,H,W,C float32) -> verified int8 flatbuffer."""
+    import tensorflow as tf
+
+    if calib_x.ndim != 4 or len(calib_x) == 0:
+        raise ExportError("no calibration images to quantise with")
+    shape = tuple(int(v) for v in calib_x.shape[1:])
+    with tempfile.TemporaryDirectory(prefix="feredge-sm-") as tmp:
+        sm = saved_model_dir or keras_to_saved_model(model, shape, Path(tmp) / "saved_model")
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+
+        def representative():
+            for i in range(len(calib_x)):
+                if progress_cb is not None:
+                    progress_cb(1)
+                yield [calib_x[i: i + 1].astype(np.float32)]
+
+        conv.representative_dataset = representative
+        try:
+            data = conv.convert()
+        except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
+            raise ExportError(f"int8 TFLite conversion failed: {_converter_error(e)}") from None
+    info = verify_int8(data)
+    log.debug("int8 TFLite: %d ops, %d bytes", len(info.ops), len(data))
+    return data, info
