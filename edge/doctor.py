@@ -11,7 +11,6 @@ import glob
 import json
 import platform
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 
@@ -22,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _pkg_version(name: str) -> str | None:
+    # imported here: importlib.metadata costs ~0.1 s and the CLI imports every command module
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(name)
     except PackageNotFoundError:
