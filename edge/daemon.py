@@ -93,7 +93,7 @@ class Daemon:
         self.watchdog_pings = 0
         self.backend = "?"
         self.model_name = "?"
-        self._lock = threading.Lock()
+        self._sink_errors: dict[str, int] = {}
 
     # ---- set-up --------------------------------------------------------------------------
     def _make_pipeline(self) -> Any:
@@ -123,7 +123,11 @@ class Daemon:
             )
             tracker = Tracker(clf.labels, self.cfg.tracking, min_score=self.cfg.model.min_score, camera=cam.name)
             self.cameras[cam.name] = CameraState(cam, feed, tracker, pipe)
+            # Every per-camera series exists from the start, so dashboards see 0, not "no data".
             self.metrics.online.set(0, camera=cam.name)
+            self.metrics.fps.set(0, camera=cam.name)
+            for counter in (self.metrics.frames, self.metrics.corrupt, self.metrics.reconnects):
+                counter.inc(0, camera=cam.name)
         log.info("model %s (%s, %s) for %d camera(s)", self.model_name, self.backend,
                  next(iter(self.cameras.values())).pipeline.classifier.device, len(self.cameras))
         self._open_sinks()
@@ -171,7 +175,10 @@ class Daemon:
             try:
                 getattr(s, method)(*args)
             except Exception as e:  # one broken sink must not stop the others or the camera
-                log.error("sink %s.%s failed: %s", s.name, method, e)
+                n = self._sink_errors.get(s.name, 0) + 1
+                self._sink_errors[s.name] = n
+                if n == 1 or n % 1000 == 0:
+                    log.error("sink %s.%s failed (%d so far): %s", s.name, method, n, e)
 
     def _publish_events(self, cam: CameraState, events: list[dict[str, Any]]) -> None:
         if not events:

@@ -1,0 +1,212 @@
+"""Daemon configuration: TOML -> dataclasses, unknown keys with their line, overrides, secrets."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edge import config as C
+from edge.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "systemd" / "config.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "config.toml"
+    p.write_text(textwrap.dedent(text).lstrip())
+    return p
+
+
+def test_defaults_without_a_file():
+    cfg = C.load(None)
+    assert cfg.http.bind == "127.0.0.1" and cfg.http.port == 8800
+    assert cfg.http.snapshots is False and cfg.http.mjpeg is False  # privacy: no frames kept
+    assert [c.name for c in cfg.camera] == ["cam0"] and cfg.camera[0].source == "auto"
+    assert cfg.mqtt.enabled is False and cfg.jsonl.path == "-"
+
+
+def test_values_are_read_and_typed(tmp_path):
+    p = write(tmp_path, """
+        [model]
+        path = "/m/fer.tflite"
+        num_threads = 2
+
+        [[camera]]
+        name = "front"
+        source = "/dev/video2"
+        fps = 10          # an int is accepted for a float
+
+        [[camera]]
+        name = "back"
+        source = "rtsp://cam/stream"
+
+        [mqtt]
+        enabled = true
+        host = "broker.lan"
+        """)
+    cfg = C.load(p)
+    assert cfg.model.path == "/m/fer.tflite" and cfg.model.num_threads == 2
+    assert [(c.name, c.source) for c in cfg.camera] == [("front", "/dev/video2"), ("back", "rtsp://cam/stream")]
+    assert cfg.camera[0].fps == 10.0 and isinstance(cfg.camera[0].fps, float)
+    assert cfg.mqtt.enabled and cfg.mqtt.host == "broker.lan"
+    assert cfg.source_path == str(p)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("[mqtt]\nenabled = true\nhots = 'x'\n", "mqtt.hots", 3),
+        ("colour = 1\n", "colour", 1),
+        ("[model]\npath = 'x'\n\n[detectr]\nmin_face = 3\n", "detectr", 4),
+        # the second [[camera]] table: the line must be the one in that table, not the first
+        ("[[camera]]\nname = 'a'\nfps = 3\n\n[[camera]]\nname = 'b'\nfsp = 3\n", "camera.fsp", 7),
+        ("[[camera]]\nname = 'a'\n\n[[camera]]\nname = 'b'\nsorce = 'x'\n", "camera.sorce", 6),
+        # a key inside a multi-line string must not be mistaken for the offending key
+        ('[http]\ntoken = """\nport = 1\n"""\nprot = 2\n', "http.prot", 5),
+        # dotted keys
+        ("mqtt.hosst = 'x'\n", "mqtt.hosst", 1),
+    ],
+)
+def test_unknown_key_names_key_and_line(tmp_path, text, key, line):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(C.ConfigError) as e:
+        C.load(p)
+    msg = str(e.value)
+    assert f"'{key}'" in msg and f"{p} line {line}:" in msg, msg
+    assert "\n" not in msg
+
+
+def test_wrong_type_names_key_line_and_type(tmp_path):
+    p = write(tmp_path, """
+        [http]
+        port = "8800"
+        """)
+    with pytest.raises(C.ConfigError, match=r"line 2: http.port must be an integer, got str '8800'"):
+        C.load(p)
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    p = write(tmp_path, "[mqtt\nhost = 1\n")
+    with pytest.raises(C.ConfigError, match="invalid TOML"):
+        C.load(p)
+    with pytest.raises(C.ConfigError, match="config file not found"):
+        C.load(tmp_path / "nope.toml")
+
+
+def test_cross_field_validation(tmp_path):
+    cases = {
+        "[[camera]]\nname = 'a b'\n": "may only use letters",
+        "[[camera]]\nname = 'a'\n[[camera]]\nname = 'a'\n": "must be unique",
+        "[[camera]]\npace = 'slow'\n": "pace must be",
+        "[tracking]\nema = 0\n": "0 < ema <= 1",
+        "[jsonl]\nmode = 'some'\n": "jsonl.mode",
+        "[mqtt]\nenabled = true\nbase_topic = 'a/#'\n": "must not contain",
+        "[model]\ndevice = 'tpu'\n": "model.device",
+    }
+    for text, fragment in cases.items():
+        p = tmp_path / "c.toml"
+        p.write_text(text)
+        with pytest.raises(C.ConfigError, match=fragment):
+            C.load(p)
+
+
+def test_http_elsewhere_than_loopback_requires_a_token(tmp_path, monkeypatch):
+    monkeypatch.delenv("FEREDGE_HTTP_TOKEN", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    p = write(tmp_path, """
+        [http]
+        bind = "0.0.0.0"
+        """)
+    with pytest.raises(C.ConfigError, match="a token is required"):
+        C.load(p)
+    monkeypatch.setenv("FEREDGE_HTTP_TOKEN", "s3cret")
+    assert C.load(p).http_token() == "s3cret"
+    for loopback in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        monkeypatch.delenv("FEREDGE_HTTP_TOKEN", raising=False)
+        p.write_text(f'[http]\nbind = "{loopback}"\n')
+        assert C.load(p).http.bind == loopback
+
+
+def test_secrets_credentials_beat_environment_beat_file(tmp_path, monkeypatch):
+    p = write(tmp_path, """
+        [mqtt]
+        enabled = true
+        username = "u"
+        password = "from-file"
+        """)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("FEREDGE_MQTT_PASSWORD", raising=False)
+    assert C.load(p).mqtt_password() == "from-file"
+    monkeypatch.setenv("FEREDGE_MQTT_PASSWORD", "from-env")
+    assert C.load(p).mqtt_password() == "from-env"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt_password").write_text("from-credential\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert C.load(p).mqtt_password() == "from-credential"
+
+
+def test_overrides(tmp_path):
+    p = write(tmp_path, """
+        [[camera]]
+        name = "a"
+        [[camera]]
+        name = "b"
+        """)
+    cfg = C.load(p, {"camera.pace": "fast", "camera.1.source": "/dev/video1", "mqtt.port": 1884,
+                     "tracking.ema": 1})
+    assert [c.pace for c in cfg.camera] == ["fast", "fast"]
+    assert [c.source for c in cfg.camera] == ["auto", "/dev/video1"]
+    assert cfg.mqtt.port == 1884 and cfg.tracking.ema == 1.0
+    with pytest.raises(C.ConfigError, match="unknown key 'hots'"):
+        C.load(p, {"mqtt.hots": "x"})
+    with pytest.raises(C.ConfigError, match="there is no camera 5"):
+        C.load(p, {"camera.5.source": "x"})
+    with pytest.raises(C.ConfigError, match="must be an integer"):
+        C.load(p, {"mqtt.port": "abc"})
+
+
+def test_example_config_is_valid_and_documents_every_key():
+    cfg = C.load(EXAMPLE)
+    assert cfg.camera[0].loop is True
+    text = EXAMPLE.read_text()
+    import dataclasses
+
+    for section in ("model", "detector", "tracking", "daemon", "jsonl", "mqtt", "http"):
+        for f in dataclasses.fields(getattr(cfg, section)):
+            assert f.name in text, f"{section}.{f.name} is not in the example config"
+    for f in dataclasses.fields(C.CameraConfig):
+        assert f.name in text, f"camera.{f.name} is not in the example config"
+
+
+# ---- through the CLI: one line, exit 2 ----------------------------------------------------
+
+def test_cli_unknown_key_exit_2(tmp_path, capsys):
+    p = write(tmp_path, """
+        [jsonl]
+        enabled = true
+        rotate = 3
+        """)
+    assert main(["run", "--check", "--config", str(p)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"feredge run: error: {p} line 3: unknown key 'jsonl.rotate' "
+                   "(known in [jsonl]: enabled, path, max_bytes, backups, mode)")
+
+
+def test_cli_bad_set_and_missing_source(tmp_path, capsys):
+    assert main(["run", "--check", "--set", "tracking.ema"]) == 2
+    assert "use SECTION.KEY=VALUE" in capsys.readouterr().err
+    assert main(["run", "--check", "--source", str(tmp_path / "missing.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.mp4" in err and "is not a file, a device, a URL or 'auto'" in err
+
+
+def test_cli_http_on_all_interfaces_without_token_exit_2(capsys, monkeypatch):
+    monkeypatch.delenv("FEREDGE_HTTP_TOKEN", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert main(["run", "--check", "--set", "http.bind='0.0.0.0'"]) == 2
+    assert "a token is required" in capsys.readouterr().err
