@@ -10,7 +10,7 @@ Runtimes are those of the device: TFLite through :class:`edge.model.Classifier` 
 face at a time, as on a Pi), ONNX through onnxruntime (batched when the graph allows it).
 
 The end-to-end (train/serve skew) check lives here too as reusable pieces —
-:func:`read_frames` and :func:`runtime_face_crops` take faces the way the device does — while
+:func:`read_frames` and :func:`runtime_faces` take faces the way the device does — while
 the model's *training* preprocessing is written independently in the test that uses them.
 """
 
@@ -741,25 +741,30 @@ def read_frames(video: str | Path, every: int = 4, limit: int | None = None) -> 
 
 
 @dataclass
-class FaceCrop:
+class RuntimeFace:
+    """One face as the device saw it: where, the crop it classified, and its probabilities."""
+
+    source: str
     frame: int
     box: tuple[int, int, int, int]
-    image: np.ndarray
+    crop: np.ndarray  # BGR (or grey) crop of the full frame, contract margin applied
+    probs: np.ndarray  # the runtime's probabilities, in the contract's label order
 
 
-def runtime_face_crops(frames: list[np.ndarray], margin: float, detector=None) -> list[FaceCrop]:
-    """Faces cut out exactly as the runtime does: Haar detection on the full frame, then the
-    contract's margin via :func:`edge.preprocess.crop_face` (colour stays BGR; the model's own
-    preparation converts it)."""
+def runtime_faces(frames: list[np.ndarray], classifier, detector=None, source: str = "") -> list[RuntimeFace]:
+    """Run the device pipeline (:class:`edge.pipeline.Pipeline`: Haar detection on the full
+    frame, the contract's margin, :mod:`edge.preprocess`, the int8 interpreter) on each frame and
+    keep each face's crop, so a second, independent preparation can be compared on the same
+    pixels."""
+    from edge.pipeline import Pipeline
     from edge.preprocess import crop_face
 
-    if detector is None:
-        from edge.detect import FaceDetector
-
-        detector = FaceDetector()
-    crops = []
+    pipe = Pipeline(classifier, detector)
+    margin = classifier.contract.input.face_margin
+    out = []
     for k, frame in enumerate(frames):
-        for box in detector.detect(frame):
-            b = tuple(int(v) for v in box[:4])
-            crops.append(FaceCrop(k, b, np.ascontiguousarray(crop_face(frame, b, margin))))
-    return crops
+        for face in pipe.faces(frame):
+            b = tuple(int(v) for v in face.box[:4])
+            probs = np.array([face.prediction.scores[lab] for lab in classifier.labels], np.float32)
+            out.append(RuntimeFace(source, k, b, np.ascontiguousarray(crop_face(frame, b, margin)), probs))
+    return out
