@@ -189,8 +189,9 @@ class Daemon:
 
     def _camera_loop(self, cam: CameraState) -> None:
         name = cam.cfg.name
+        frames = cam.feed.frames()
         try:
-            for frame in cam.feed.frames():
+            for frame in frames:
                 if self.stop_event.is_set():
                     break
                 if not valid_image(frame.image):
@@ -211,6 +212,9 @@ class Daemon:
             log.exception("camera %s loop crashed", name)  # a bug; the watchdog will notice
             raise
         finally:
+            frames.close()
+            if not cam.feed.close(timeout=1.0):
+                log.warning("camera %s: a driver call is still blocked; leaving it behind", name)
             self._publish_events(cam, cam.tracker.clear(time.time()))
 
     def _process(self, cam: CameraState, frame: Frame) -> dict[str, Any]:

@@ -159,12 +159,15 @@ class MqttSink(Sink):
             log.warning("MQTT: disconnected (%s); reconnecting with backoff", reason_code)
 
     # ---- queue ---------------------------------------------------------------------------
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self.metrics:
+            self.metrics.mqtt_dropped.inc()
+
     def _enqueue(self, topic: str, payload: str, qos: int, retain: bool) -> None:
         with self._cond:
             if len(self._queue) == self._queue.maxlen:
-                self.dropped += 1
-                if self.metrics:
-                    self.metrics.mqtt_dropped.inc()
+                self._drop()  # the deque pushes the oldest out
             self._queue.append((topic, payload, qos, retain))
             self._cond.notify()
 
@@ -185,7 +188,7 @@ class MqttSink(Sink):
                     if len(self._queue) < (self._queue.maxlen or 1):
                         self._queue.appendleft(item)
                     else:
-                        self.dropped += 1
+                        self._drop()
                     self._cond.wait(timeout=0.5)
 
     def _publish_now(self, topic: str, payload: str, qos: int, retain: bool) -> bool:
@@ -203,9 +206,7 @@ class MqttSink(Sink):
             self.published += 1
             return True
         if rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-            self.dropped += 1
-            if self.metrics:
-                self.metrics.mqtt_dropped.inc()
+            self._drop()
             return True
         return False  # not connected: keep it in our queue
 

@@ -187,6 +187,19 @@ class CameraFeed:
         self.opens = 0
         self.ended = False  # a finite source delivered its last frame
         self.heartbeat = time.monotonic()
+        self._reader_thread: threading.Thread | None = None
+        self._abandon: threading.Event | None = None
+
+    def close(self, timeout: float = 2.0) -> bool:
+        """Stop reading and wait (bounded) for the reader to release the device; False when a
+        driver call is still blocked (the thread is a daemon and dies with the process)."""
+        if self._abandon is not None:
+            self._abandon.set()
+        t = self._reader_thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+            return not t.is_alive()
+        return True
 
     # ---- state ----------------------------------------------------------------------------
     def _set_online(self) -> None:
@@ -269,6 +282,7 @@ class CameraFeed:
             reader = threading.Thread(target=self._reader, args=(src, q, abandon), name=f"read-{self.name}",
                                       daemon=True)
             reader.start()
+            self._reader_thread, self._abandon = reader, abandon
             reason = "source ended"
             finished = False
             got = 0

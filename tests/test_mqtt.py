@@ -1,0 +1,228 @@
+"""MQTT against a real mosquitto broker started by the test on a free loopback port: topics, Home
+Assistant discovery, last will, and a broker that is absent at start and restarted mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import need
+from test_daemon import ScriptedSource, make_config, start, stop, wait_until
+
+from edge.daemon import Daemon
+
+pytestmark = pytest.mark.mosquitto
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """A private mosquitto: its own config, loopback only, no persistence."""
+
+    def __init__(self, tmp: Path, port: int) -> None:
+        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+        need(exe is not None, "mosquitto is not installed (apt install mosquitto)")
+        self.exe, self.port = exe, port
+        self.conf = tmp / "mosquitto.conf"
+        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.log = tmp / "mosquitto.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT)
+
+        def listening() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        assert wait_until(listening, 30), self.log.read_text()
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+class Subscriber:
+    """A real MQTT client collecting everything under the given topics (reconnects by itself)."""
+
+    def __init__(self, port: int, topics=("feredge/#", "homeassistant/#")) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, str, bool]] = []
+        self._lock = threading.Lock()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{os.getpid()}-{time.monotonic_ns()}")
+        c.reconnect_delay_set(1, 2)
+
+        def on_connect(client, userdata, flags, rc, props):
+            for t in topics:
+                client.subscribe(t, qos=1)
+
+        def on_message(client, userdata, msg):
+            with self._lock:
+                self.messages.append((msg.topic, msg.payload.decode(), bool(msg.retain)))
+
+        c.on_connect, c.on_message = on_connect, on_message
+        c.connect_async("127.0.0.1", port, keepalive=10)
+        c.loop_start()
+        self.client = c
+
+    def on(self, topic: str) -> list[str]:
+        with self._lock:
+            return [p for t, p, _ in self.messages if t == topic]
+
+    def retained(self, topic: str) -> list[str]:
+        with self._lock:
+            return [p for t, p, r in self.messages if t == topic and r]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def face_source(astronaut_bgr):
+    import cv2
+
+    img = cv2.resize(astronaut_bgr, (320, 320), interpolation=cv2.INTER_AREA)
+    return lambda: ScriptedSource([img], repeat_last=True)
+
+
+def mqtt_config(model, port, **mqtt):
+    return make_config(model, mqtt={"enabled": True, "host": "127.0.0.1", "port": port,
+                                    "client_id": "feredge-test", "reconnect_min": 1.0, "reconnect_max": 2.0,
+                                    **mqtt}, daemon={"stats_interval": 0.5})
+
+
+def test_topics_and_home_assistant_discovery(tmp_path, edge_tiny_model, face_source):
+    port = free_port()
+    broker = Broker(tmp_path, port).start()
+    sub = Subscriber(port)
+    d = None
+    try:
+        cfg = mqtt_config(edge_tiny_model, port, state_interval=0.0)
+        d = Daemon(cfg, openers={"cam0": (face_source, False, True)})
+        t = start(d)
+        B, P, node = "feredge", "homeassistant", "feredge-test"
+        assert wait_until(lambda: sub.on(f"{B}/cam0/events") and sub.on(f"{B}/stats")
+                          and sub.on(f"{B}/cam0/state"), 120), sub.messages[-10:]
+        assert sub.on(f"{B}/availability")[-1] == "online"
+        assert "online" in sub.on(f"{B}/cam0/availability")
+        labels = d.cameras["cam0"].pipeline.classifier.labels
+        state = json.loads(sub.on(f"{B}/cam0/state")[-1])
+        assert state["faces"] >= 1 and state["expression"] in labels and state["tracks"][0]["track_id"] >= 1
+        ev = json.loads(sub.on(f"{B}/cam0/events")[0])
+        assert ev["event"] == "appeared" and ev["camera"] == "cam0" and ev["label"] in labels
+        stats = json.loads(sub.on(f"{B}/stats")[-1])
+        assert stats["cameras"]["cam0"]["frames"] > 0 and stats["mqtt"]["connected"] is True
+        expr = json.loads(sub.on(f"{P}/sensor/{node}/cam0_expression/config")[-1])
+        faces = json.loads(sub.on(f"{P}/sensor/{node}/cam0_faces/config")[-1])
+        for doc in (expr, faces):
+            assert doc["state_topic"] == f"{B}/cam0/state"
+            assert {"topic": f"{B}/availability"} in doc["availability"]
+            assert doc["device"]["identifiers"] == [node]
+        assert expr["value_template"] == "{{ value_json.expression }}"
+        assert expr["unique_id"] == f"{node}_cam0_expression"
+        assert faces["value_template"] == "{{ value_json.faces }}" and faces["state_class"] == "measurement"
+        # A late subscriber gets discovery, availability and state as retained messages.
+        late = Subscriber(port)
+        try:
+            assert wait_until(lambda: late.retained(f"{P}/sensor/{node}/cam0_faces/config")
+                              and late.retained(f"{B}/availability") and late.retained(f"{B}/cam0/state"), 30)
+        finally:
+            late.close()
+        assert stop(d, t) == 0
+        d = None
+        assert wait_until(lambda: sub.on(f"{B}/availability")[-1:] == ["offline"], 30)
+    finally:
+        if d is not None:
+            d.request_stop()
+        sub.close()
+        broker.stop()
+
+
+def test_broker_absent_at_start_and_restarted(tmp_path, edge_tiny_model, face_source):
+    port = free_port()
+    broker = Broker(tmp_path, port)  # not started: the daemon must run without it
+    cfg = mqtt_config(edge_tiny_model, port, queue_size=20, state_interval=0.0)
+    cfg.daemon.stats_interval = 0.05  # fills the queue quickly while the broker is away
+    d = Daemon(cfg, openers={"cam0": (face_source, False, True)})
+    t = start(d)
+    sub = None
+    try:
+        cam = d.cameras["cam0"]
+        assert wait_until(lambda: cam.frames > 20 and d.mqtt.dropped > 0, 120)
+        assert not d.mqtt.connected and d.mqtt.queue_length() <= 20  # bounded, oldest dropped
+        assert d.metrics.mqtt_dropped.get() == d.mqtt.dropped
+
+        broker.start()
+        sub = Subscriber(port)
+        assert wait_until(lambda: d.mqtt.connected and sub.on("feredge/stats"), 60)
+        assert d.mqtt.connects == 1
+        frames = cam.frames
+
+        broker.stop()  # mid-run
+        assert wait_until(lambda: not d.mqtt.connected, 60)
+        assert wait_until(lambda: cam.frames > frames + 20, 60)  # still classifying
+        assert d.mqtt.queue_length() <= 20
+
+        broker.start()  # same port, empty broker: retained messages must be restated
+        assert wait_until(lambda: d.mqtt.connects == 2 and d.mqtt.connected, 60)
+        late = Subscriber(port)
+        try:
+            assert wait_until(lambda: late.retained("homeassistant/sensor/feredge-test/cam0_expression/config")
+                              and late.retained("feredge/availability") == ["online"], 30)
+        finally:
+            late.close()
+        assert t.is_alive()
+    finally:
+        rc = stop(d, t)
+        if sub is not None:
+            sub.close()
+        broker.stop()
+    assert rc == 0
+
+
+@pytest.mark.slow
+def test_last_will_marks_a_killed_daemon_offline(tmp_path, edge_tiny_model, woman_video):
+    port = free_port()
+    broker = Broker(tmp_path, port).start()
+    sub = Subscriber(port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--model", str(edge_tiny_model), "--source", str(woman_video),
+         "--loop", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port), "--http-port", "0",
+         "--set", "mqtt.client_id='feredge-will'"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        assert wait_until(lambda: sub.on("feredge/availability")[-1:] == ["online"] or proc.poll() is not None, 120)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)  # no goodbye: only the broker's last will can tell
+        proc.wait(timeout=30)
+        assert wait_until(lambda: sub.on("feredge/availability")[-1:] == ["offline"], 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sub.close()
+        broker.stop()
