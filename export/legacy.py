@@ -117,6 +117,7 @@ def _translate_model(node: dict[str, Any], repairs: Repairs) -> dict[str, Any]:
         _clean_model_conf(conf)
         node["config"] = conf
     elif node["class_name"] == "Functional":
+        conf["layers"] = [_translate_tf_op(layer, repairs) for layer in conf.get("layers", [])]
         _shift_nested_node_indices(conf, repairs)
         conf["layers"] = [_translate_layer(layer, repairs, in_sequential=False) for layer in conf.get("layers", [])]
         for layer in conf["layers"]:
@@ -133,6 +134,55 @@ def _translate_model(node: dict[str, Any], repairs: Repairs) -> dict[str, Any]:
     for key in ("registered_name", "build_config", "compile_config"):
         node.pop(key, None)
     return node
+
+
+# tf.keras wraps TensorFlow ops used on symbolic tensors (``x / 127.5 - 1`` in MobileNet's
+# preprocess_input) in TFOpLambda layers, which Keras 3 does not have. The elementwise ones with
+# a scalar operand are exactly a Rescaling; a few activations map to layers of their own.
+_TF_SCALAR_OPS = {
+    "math.truediv": lambda c: (1.0 / c, 0.0),
+    "math.divide": lambda c: (1.0 / c, 0.0),
+    "math.multiply": lambda c: (c, 0.0),
+    "math.subtract": lambda c: (1.0, -c),
+    "math.add": lambda c: (1.0, c),
+    "__operators__.add": lambda c: (1.0, c),
+}
+_TF_ACTIVATION_OPS = {
+    "nn.relu": {"class_name": "ReLU", "config": {}},
+    "nn.relu6": {"class_name": "ReLU", "config": {"max_value": 6.0}},
+    "math.sigmoid": {"class_name": "Activation", "config": {"activation": "sigmoid"}},
+    "nn.sigmoid": {"class_name": "Activation", "config": {"activation": "sigmoid"}},
+    "nn.softmax": {"class_name": "Softmax", "config": {}},
+    "math.tanh": {"class_name": "Activation", "config": {"activation": "tanh"}},
+}
+
+
+def _translate_tf_op(layer: dict[str, Any], repairs: Repairs) -> dict[str, Any]:
+    if layer.get("class_name") not in ("TFOpLambda", "SlicingOpLambda"):
+        return layer
+    conf = layer.get("config") or {}
+    name = conf.get("name") or layer.get("name")
+    fn = conf.get("function")
+    nodes = layer.get("inbound_nodes") or []
+    refusal = ExportError(
+        f"layer '{name}' is a TensorFlow op wrapped by tf.keras ({layer['class_name']} {fn}) that Keras 3 cannot "
+        "rebuild; rebuild the model with a builder (--architecture builder.py:function) and load its weights")
+    if len(nodes) != 1 or not isinstance(nodes[0], list) or not nodes[0] or not isinstance(nodes[0][0], str):
+        raise refusal
+    src, idx, tidx, *rest = nodes[0]
+    kwargs = {k: v for k, v in (rest[0] if rest else {}).items() if k != "name"}
+    if fn in _TF_SCALAR_OPS and set(kwargs) == {"y"} and isinstance(kwargs["y"], (int, float)) and kwargs["y"] != 0:
+        scale, offset = _TF_SCALAR_OPS[fn](float(kwargs["y"]))
+        new = {"class_name": "Rescaling", "config": {"name": name, "scale": scale, "offset": offset}}
+    elif fn in _TF_ACTIVATION_OPS and not kwargs:
+        new = copy.deepcopy(_TF_ACTIVATION_OPS[fn])
+        new["config"]["name"] = name
+    else:
+        raise refusal
+    new["name"] = name
+    new["inbound_nodes"] = [[[src, idx, tidx, {}]]]
+    repairs.note(f"tf.keras op layer tf.{fn} rebuilt as Keras 3 {new['class_name']}", name)
+    return new
 
 
 def _builds_own_node(layer: dict[str, Any]) -> bool:
@@ -227,6 +277,9 @@ def _translate_layer(node: dict[str, Any], repairs: Repairs, *, in_sequential: b
 
     if cls == "Lambda":
         _translate_lambda(conf)
+    if cls == "LeakyReLU" and "alpha" in conf:
+        conf["negative_slope"] = conf.pop("alpha")
+        repairs.note("LeakyReLU alpha renamed negative_slope", lname)
 
     for key in list(conf):
         val = conf[key]
@@ -525,10 +578,18 @@ def _permute_dense_after_flatten(model: Any, repairs: Repairs) -> None:
     import keras
 
     pending: tuple[int, int, int] | None = None
+    data_format = "channels_last"
     for layer in _walk_layers(model):
         if isinstance(layer, keras.layers.Flatten):
             shape = tuple(layer.input.shape) if hasattr(layer, "input") else ()
             pending = tuple(int(s) for s in shape[1:]) if len(shape) == 4 and None not in shape[1:] else None
+            # A builder that kept channels-first maps, or a Flatten that reads them channels-first,
+            # already flattens in (C,H,W) order: nothing to permute.
+            if data_format == "channels_first" or getattr(layer, "data_format", None) == "channels_first":
+                pending = None
+            continue
+        if getattr(layer, "data_format", None) in ("channels_first", "channels_last"):
+            data_format = layer.data_format
         elif isinstance(layer, keras.layers.Dense) and pending is not None:
             h, w, c = pending
             kernel = layer.kernel
@@ -539,8 +600,6 @@ def _permute_dense_after_flatten(model: Any, repairs: Repairs) -> None:
                 repairs.note("Keras 1 channels-first Dense rows permuted (C,H,W) -> (H,W,C) after Flatten",
                              layer.name)
             pending = None
-        elif layer.weights and not isinstance(layer, (keras.layers.Dropout,)):
-            pending = None if isinstance(layer, keras.layers.Dense) else pending
 
 
 def _walk_layers(model: Any) -> list[Any]:

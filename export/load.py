@@ -496,6 +496,13 @@ def _contract_beside(src: Path) -> Contract | None:
         return None
 
 
+def sha256_source(path: str | os.PathLike[str]) -> str:
+    """sha256 of a model file; of a directory (SavedModel): over its files' relative paths and
+    hashes in sorted order, so any changed, added or removed file changes it."""
+    p = Path(path)
+    return _sha256_dir(p) if p.is_dir() else sha256_file(p)
+
+
 def _sha256_dir(d: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in d.rglob("*") if p.is_file()):

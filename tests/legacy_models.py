@@ -40,7 +40,14 @@ def _randomize(model, seed: int = 1, *, bn_only: bool = False) -> None:
     zero biases and unit variances make a swapped weight look right)."""
     rng = np.random.default_rng(seed)
     if not bn_only:
-        model.set_weights([rng.normal(0.0, 0.3, w.shape).astype(w.dtype) for w in model.get_weights()])
+        # He-style scale (std sqrt(2/fan_in)) keeps activations O(1) through the layers, so the
+        # outputs neither saturate nor collapse to a constant: both would hide wrong weights.
+        new = []
+        for w in model.get_weights():
+            fan_in = int(np.prod(w.shape[:-1])) if w.ndim > 1 else 0
+            std = np.sqrt(2.0 / fan_in) if fan_in else 0.2
+            new.append(rng.normal(0.0, std, w.shape).astype(w.dtype))
+        model.set_weights(new)
     for layer in _all_layers(model):
         if type(layer).__name__ == "BatchNormalization":
             gamma, beta, mean, var = (np.asarray(w) for w in layer.get_weights())
@@ -48,6 +55,23 @@ def _randomize(model, seed: int = 1, *, bn_only: bool = False) -> None:
                                rng.normal(0, 0.2, beta.shape).astype(beta.dtype),
                                rng.normal(0, 0.2, mean.shape).astype(mean.dtype),
                                rng.uniform(0.5, 1.5, var.shape).astype(var.dtype)])
+
+
+def _calibrate_bn(model, x: np.ndarray, seed: int = 4) -> None:
+    """Give a deep net realistic BatchNorm statistics: one training-mode pass with momentum 0
+    sets every moving mean/variance to that layer's batch statistics. With default statistics
+    a randomly initialised MobileNet's activations vanish and every input gives the same output."""
+    bns = [layer for layer in _all_layers(model) if type(layer).__name__ == "BatchNormalization"]
+    saved = [layer.momentum for layer in bns]
+    for layer in bns:
+        layer.momentum = 0.0
+    model(x, training=True)
+    rng = np.random.default_rng(seed)
+    for layer, momentum in zip(bns, saved, strict=True):
+        layer.momentum = momentum
+        gamma, beta, mean, var = (np.asarray(w) for w in layer.get_weights())
+        layer.set_weights([gamma * rng.uniform(0.7, 1.3, gamma.shape).astype(gamma.dtype),
+                           beta + rng.normal(0, 0.1, beta.shape).astype(beta.dtype), mean, var])
 
 
 def _all_layers(model):
@@ -287,12 +311,43 @@ def write_mobilenet_rgb(d: Path) -> Case:
     base = k2.applications.MobileNetV2(input_shape=(128, 128, 3), alpha=0.35, include_top=False,
                                        weights=None)
     inp = k2.Input((128, 128, 3))
-    x = k2.layers.GlobalAveragePooling2D()(base(inp))
+    # preprocess_input inside the model: tf.keras stores x/127.5-1 as TFOpLambda layers.
+    x = k2.applications.mobilenet_v2.preprocess_input(inp)
+    x = k2.layers.GlobalAveragePooling2D()(base(x))
     m = k2.Model(inp, k2.layers.Dense(7, activation="softmax")(x))
-    _randomize(m, seed=3, bn_only=True)
+    # Different kinds of picture (noise, colour gradients): after global pooling, noise
+    # images all look alike and would not tell a wrong weight from a right one.
+    yy, xx = np.mgrid[0:128, 0:128] / 127.0
+    grads = [np.stack([yy, xx, 1.0 - yy], axis=-1), np.stack([xx * yy, 1.0 - xx, yy], axis=-1),
+             np.stack([np.sin(6 * xx) ** 2, yy, xx], axis=-1)]
+    cal = np.stack([*(g * 255.0 for g in grads), *(_x((128, 128, 3), n=3, seed=9) * 255.0)]).astype("float32")
+    _calibrate_bn(m, cal)
     m.save(d / "mobilenet_rgb.h5")
-    x = _x((128, 128, 3), n=2)
+    x = np.stack([_x((128, 128, 3), n=1)[0] * 255.0, grads[0] * 255.0]).astype("float32")
     return Case("mobilenetv2-rgb-128", d / "mobilenet_rgb.h5", x, _predict(m, x))
+
+
+def write_slicing_op(d: Path) -> Case:
+    """``x[:, 1:]`` on a symbolic tensor: tf.keras stores a SlicingOpLambda, which has no
+    Keras 3 equivalent (refused with a message that points to a builder)."""
+    import tf_keras as k2
+
+    inp = k2.Input((8, 8, 1))
+    m = k2.Model(inp, k2.layers.Dense(2)(k2.layers.Flatten()(inp[:, 1:])))
+    m.save(d / "slicing.h5")
+    x = _x((8, 8, 1))
+    return Case("slicing-op", d / "slicing.h5", x, _predict(m, x))
+
+
+def write_tf_keras_savedmodel(d: Path) -> Case:
+    """tf.keras 2.x ``model.save(dir)``: a SavedModel directory (Keras 3 cannot load_model it)."""
+    import tf_keras as k2
+
+    m = _small_cnn(k2, name="smk2")
+    _randomize(m)
+    m.save(str(d / "savedmodel_k2"), save_format="tf")
+    x = _x((12, 12, 1))
+    return Case("tf-keras-savedmodel", d / "savedmodel_k2", x, _predict(m, x))
 
 
 KERAS1_BUILDER = '''
@@ -346,9 +401,9 @@ def write_keras1_theano(d: Path, *, with_attrs: bool = True) -> Case:
     rng = np.random.default_rng(7)
     w = {
         "conv1_1_W": rng.normal(0, 0.5, (3, 1, 3, 3)).astype("float32"),
-        "conv1_1_b": rng.normal(0, 0.1, (3,)).astype("float32"),
+        "conv1_1_b": rng.uniform(0.2, 0.6, (3,)).astype("float32"),  # positive: keep the ReLUs alive
         "conv1_2_W": rng.normal(0, 0.5, (2, 3, 3, 3)).astype("float32"),
-        "conv1_2_b": rng.normal(0, 0.1, (2,)).astype("float32"),
+        "conv1_2_b": rng.uniform(0.2, 0.6, (2,)).astype("float32"),
         "fc_W": rng.normal(0, 0.5, (2 * 4 * 4, 4)).astype("float32"),
         "fc_b": rng.normal(0, 0.1, (4,)).astype("float32"),
     }
@@ -373,7 +428,7 @@ def write_keras1_theano(d: Path, *, with_attrs: bool = True) -> Case:
 
 WRITERS = [write_weights_json, write_nested, write_lambda, write_seq_no_input, write_list_sequential,
            write_dtype_initializers, write_depthwise_groups, write_mixed_precision, write_fer_cnn_builder,
-           write_mnist_mlp, write_mobilenet_rgb, write_keras1_theano]
+           write_mnist_mlp, write_mobilenet_rgb, write_keras1_theano, write_slicing_op, write_tf_keras_savedmodel]
 
 
 def write_all(d: Path) -> dict[str, Case]:

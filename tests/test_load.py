@@ -19,9 +19,8 @@ import h5py
 import numpy as np
 import pytest
 
-from edge.fsutil import sha256_file
 from export.errors import ExportError
-from export.load import LoadedModel, input_geometry, load_model, output_kind
+from export.load import LoadedModel, input_geometry, load_model, output_kind, sha256_source
 
 sys.path.insert(0, str(Path(__file__).parent))
 from legacy_models import load_cases
@@ -50,6 +49,10 @@ def legacy(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
 
 
 def _check_same(lm: LoadedModel, case) -> np.ndarray:
+    # The reference must be able to catch a wrong weight: outputs that differ between inputs
+    # and a softmax that is not saturated (else any weights with the same argmax would pass).
+    assert np.abs(case.y - case.y[0]).max() > 1e-3, f"{case.name}: reference outputs do not depend on the input"
+    assert np.abs(case.y).max() < 0.999 or case.y.min() < 0, f"{case.name}: reference softmax is saturated"
     y = np.asarray(lm.model(case.x, training=False))
     assert y.shape == case.y.shape
     np.testing.assert_allclose(y, case.y, atol=ATOL, rtol=0)
@@ -57,9 +60,9 @@ def _check_same(lm: LoadedModel, case) -> np.ndarray:
 
 
 def _load_case(case, **kw) -> LoadedModel:
-    before = sha256_file(case.path)
+    before = sha256_source(case.path)
     lm = load_model(case.path, architecture=case.architecture, keras1_theano=case.keras1_theano, **kw)
-    assert sha256_file(case.path) == before, "the user's file must never be rewritten"
+    assert sha256_source(case.path) == before, "the user's file must never be rewritten"
     assert lm.source_sha256 == before
     return lm
 
@@ -79,6 +82,7 @@ def _load_case(case, **kw) -> LoadedModel:
     ("mobilenetv2-rgb-128", "h5 (full model)", "node indices of nested models"),
     ("keras1-theano", "keras 1.x weights (theano)", "Theano kernels flipped"),
     ("keras1-theano-flag", "keras 1.x weights (theano)", "Dense rows permuted"),
+    ("tf-keras-savedmodel", "savedmodel", "TFSMLayer"),
 ])
 def test_legacy_file_gives_original_outputs(legacy, name, fmt, repair):
     case = legacy[name]
@@ -193,6 +197,45 @@ def test_savedmodel_dir_wrapped_in_tfsmlayer(keras3_model, tmp_path):
     assert lm2.source_sha256 != before and lm2.labels == ["a", "b", "c"]
 
 
+def test_mobilenet_preprocess_ops_rebuilt(legacy):
+    """preprocess_input inside a tf.keras model is stored as TFOpLambda x/127.5 - 1."""
+    lm = _load_case(legacy["mobilenetv2-rgb-128"])
+    assert any("tf.math.truediv rebuilt as Keras 3 Rescaling" in r for r in lm.repairs), lm.repairs
+    assert any("tf.math.subtract rebuilt as Keras 3 Rescaling" in r for r in lm.repairs), lm.repairs
+
+
+def test_keras3_lambda_file_refused_then_trusted(tmp_path):
+    import keras
+
+    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Lambda(lambda t: t * 3.0, name="triple"),
+                          keras.layers.Flatten(), keras.layers.Dense(2)])
+    p = tmp_path / "lam.keras"
+    m.save(p)
+    with pytest.raises(ExportError, match=r"lam\.keras contains Lambda layer 'triple'; .*--trust-model"):
+        load_model(p)
+    x = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(np.asarray(load_model(p, trust_model=True).model(x)), np.asarray(m(x)), atol=ATOL)
+
+
+def test_keras3_weights_file_with_builder(legacy, tmp_path):
+    """A Keras 3 ``.weights.h5`` (its own layout, not layer_names) with the builder."""
+    import importlib.util
+
+    builder = legacy["fer-cnn-builder"].architecture
+    spec = importlib.util.spec_from_file_location("fer_builder_t", builder.rsplit(":", 1)[0])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m = mod.build()
+    x = np.random.default_rng(0).uniform(0, 1, (2, 48, 48, 1)).astype("float32")
+    p = tmp_path / "fer.weights.h5"
+    m.save_weights(p)
+    lm = load_model(p, architecture=builder)
+    np.testing.assert_allclose(np.asarray(lm.model(x)), np.asarray(m(x)), atol=ATOL)
+    assert lm.source_format.startswith("keras 3 weights + builder")
+    with pytest.raises(ExportError, match="holds Keras 3 weights only; pass --architecture"):
+        load_model(p)
+
+
 def test_output_kind_variants():
     import keras
 
@@ -266,6 +309,8 @@ def _bad_cases(bad: Path, legacy) -> list[tuple[str, Path, dict, str]]:
          r"architecture file not found"),
         ("input not an image", bad / "vector.h5", {}, r"model input \(None, 10\) is not an image tensor"),
         ("lambda without trust", legacy["lambda"].path, {}, r"contains Lambda layer 'scale'"),
+        ("tf op without Keras 3 equivalent", legacy["slicing-op"].path, {},
+         r"layer 'tf.__operators__.getitem' is a TensorFlow op wrapped by tf.keras .*\(--architecture"),
         ("directory not a SavedModel", bad, {}, r"is a directory but not a SavedModel"),
     ]
 
