@@ -39,6 +39,7 @@ from edge.contract import (
     embed,
     parse_normalize,
 )
+from edge.errors import FeredgeError
 from edge.fsutil import publish, staging_dir
 from edge.preprocess import prepare_batch
 from export import calibration as cal
@@ -424,6 +425,8 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
     x_cal = prepare_batch(calib.images, spec)
     ph.done("calibration_data")
     held = cal.read_heldout(calibration, calib, n=eval_samples, seed=seed, usage=usage, source=source)
+    if held is calib:
+        warnings.append("no held-out images: agreement is measured on the calibration sample")
     x_held = prepare_batch(held.images, spec)
     y_held = held.labels_for(model_labels)
     ph.done("heldout_data")
@@ -506,8 +509,13 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
         # 7. held-out check ---------------------------------------------------------------
         ph.start(f"scoring artifacts on {len(x_held)} held-out faces")
         p_ref = runners.probs(runners.keras_runner(view), x_held, contract)
+        try:
+            tfl_run = runners.tflite_runner(f_tfl, contract)
+        except FeredgeError as e:
+            raise ExportError(f"the int8 TFLite does not load on the device runtime ({e}); the calibration "
+                              "sample may be too uniform for sane int8 ranges: give more varied images") from None
         scored = {
-            f_tfl.name: runners.tflite_runner(f_tfl, contract),
+            f_tfl.name: tfl_run,
             f_onnx.name: runners.onnx_runner(f_onnx),
             f_qonnx.name: runners.onnx_runner(f_qonnx),
         }

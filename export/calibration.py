@@ -300,12 +300,19 @@ def read_heldout(path: str | os.PathLike[str], calibration: ImageSet, *, n: int 
             return test.sample(n, seed)
         return test.load(progress=False)
     base = source if source is not None else read_source(path, "train", usage=usage, progress=False)
-    remaining = len(base.ids) - len(calibration.ids)
-    if remaining <= 0:
-        raise ExportError(f"{base.description} has no images left for a held-out check after calibration")
-    s = base.sample(min(n or disjoint_n, remaining), seed + 1, exclude=calibration.ids)
-    s.description = f"held-out {s.description} (disjoint from the calibration sample)"
-    return s
+    used = set(calibration.ids) | set(calibration.skipped_ids)
+    remaining = sum(1 for i in base.ids if i not in used)
+    if remaining > 0:
+        try:
+            s = base.sample(min(n or disjoint_n, remaining), seed + 1, exclude=sorted(used))
+        except ExportError:  # what is left is unreadable
+            s = None
+        if s is not None:
+            s.description = f"held-out {s.description} (disjoint from the calibration sample)"
+            return s
+    log.warning("%s has no readable images left after calibration; the report scores the calibration "
+                "sample itself", base.description)
+    return calibration
 
 
 def _list_images(folder: Path, recursive: bool) -> list[Path]:

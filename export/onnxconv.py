@@ -25,18 +25,27 @@ INPUT_NAME = "input"
 
 
 def convert_fp32(model: Any, input_shape: tuple[int, int, int], dest: Path) -> list[str]:
-    """Write the fp32 ONNX of a Keras model with a static batch of 1; returns its op types."""
+    """Write the fp32 ONNX of a Keras model with a static batch of 1; returns its op types.
+
+    Traced through a ``tf.function`` rather than ``tf2onnx.convert.from_keras``: the latter
+    looks up Keras 3 Sequential models' symbolic tensors by name and fails on them.
+    """
     import tensorflow as tf
     import tf2onnx
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     h, w, c = input_shape
     spec = [tf.TensorSpec((1, h, w, c), tf.float32, name=INPUT_NAME)]
+
+    @tf.function(input_signature=spec)
+    def forward(x: Any) -> Any:
+        return model(x, training=False)
+
     try:
-        tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET, output_path=str(dest))
+        tf2onnx.convert.from_function(forward, input_signature=spec, opset=OPSET, output_path=str(dest))
     except Exception as e:  # tf2onnx raises whatever the graph rewrite hits
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise ExportError(f"ONNX conversion failed: {msg}") from None
+        raise ExportError(f"ONNX conversion failed: {type(e).__name__}: {msg}") from None
     return op_types(dest)
 
 

