@@ -67,7 +67,7 @@ def load_model(path: str | os.PathLike[str], *, architecture: str | None = None,
     if src.is_dir():
         if not (src / "saved_model.pb").is_file():
             raise ExportError(f"{src} is a directory but not a SavedModel (no saved_model.pb)")
-        model, fmt = _load_savedmodel(src, repairs)
+        model, fmt = _load_savedmodel(src, repairs, trust_model)
         labels = _labels_from_text(src / "assets" / "labels.txt")
         digest = _sha256_dir(src)
     else:
@@ -206,9 +206,41 @@ def _load_keras_zip(src: Path, architecture: str | None, trust_model: bool) -> t
 
 # ---- SavedModel --------------------------------------------------------------------------------
 
-def _load_savedmodel(src: Path, repairs: Repairs) -> tuple[Any, str]:
-    """Keras 3 cannot ``load_model`` a SavedModel; wrap its serving signature in a TFSMLayer
-    and give it a static input read from the signature."""
+def _load_savedmodel(src: Path, repairs: Repairs, trust_model: bool) -> tuple[Any, str]:
+    """Keras 3 cannot ``load_model`` a SavedModel. One written by tf.keras 2.x carries its
+    Keras config (``keras_metadata.pb``): with tf_keras installed we rebuild it as a real
+    Keras 3 model (layers visible, savable as .keras). Otherwise wrap the serving signature
+    in a TFSMLayer with a static input read from the signature."""
+    if (src / "keras_metadata.pb").is_file():
+        rebuilt = _savedmodel_via_tf_keras(src, repairs, trust_model)
+        if rebuilt is not None:
+            return rebuilt, "tf.keras savedmodel (rebuilt as Keras 3)"
+    return _savedmodel_tfsm(src, repairs)
+
+
+def _savedmodel_via_tf_keras(src: Path, repairs: Repairs, trust_model: bool) -> Any | None:
+    try:
+        import tf_keras
+    except ImportError:
+        log.info("tf_keras not installed: %s is wrapped as a TFSMLayer instead of rebuilt", src)
+        return None
+    from collections import OrderedDict
+
+    try:
+        k2_model = tf_keras.models.load_model(str(src), compile=False)
+        cfg = json.loads(k2_model.to_json())
+    except Exception as e:
+        log.info("tf_keras could not load %s (%s); wrapping it as a TFSMLayer", src, _one_line(e))
+        return None
+    _refuse_lambdas(cfg, src, trust_model)
+    weights = OrderedDict((layer.name, [(w.name, w.numpy()) for w in layer.weights]) for layer in k2_model.layers)
+    model = build_from_config(translate_model_config(cfg, repairs), trust_model=trust_model)
+    assign_weights(model, weights, repairs)
+    repairs.note("tf.keras SavedModel rebuilt from its Keras config and variables (via tf_keras)")
+    return model
+
+
+def _savedmodel_tfsm(src: Path, repairs: Repairs) -> tuple[Any, str]:
     import keras
     import tensorflow as tf
 
