@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -52,11 +53,14 @@ def main() -> int:
     if args.cores and hasattr(os, "sched_setaffinity"):
         cpus = sorted(os.sched_getaffinity(0))[: args.cores]
         pin = lambda: os.sched_setaffinity(0, cpus)  # noqa: E731 - runs in the child before exec
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeat):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pin)
         times.append(time.perf_counter() - t0)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
         if proc.returncode not in (0, 1):
             print(proc.stderr[-2000:], file=sys.stderr)
             return proc.returncode
@@ -70,6 +74,9 @@ def main() -> int:
     print(f"parity wall time: {best:.1f} s (runs: {', '.join(f'{t:.1f}' for t in times)}; "
           f"inside the process {r.get('elapsed_s', float('nan')):.1f} s)  target <= {TARGET_S:.0f} s: "
           f"{'OK' if best <= TARGET_S else 'OVER'}")
+    print(f"CPU time (user+sys) of the run: {min(cpu):.1f} s; load average now {os.getloadavg()[0]:.1f} "
+          "(wall time above the CPU time / cores means the machine was busy)")
+    print(f"phases (s): {r.get('timings_s')}")
     print(f"report: {tmp / 'report' / 'report.md'}")
     return 0
 
