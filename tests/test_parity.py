@@ -436,3 +436,34 @@ def test_fer_wrong_normalisation_fails(fer_parity, fer2013_dir, tmp_path, capsys
     cand = r["candidates"][0]
     assert cand["passed"] is False and cand["agreement"] < 0.95
     assert any("normalize" in n for n in cand["notes"])
+
+
+# ---- the shipped default model against its own artifacts, default thresholds ---------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shipped() -> tuple[Path, list[Path]] | None:
+    for keras_file in sorted((ROOT / "models").glob("**/*.keras")):
+        stem = keras_file.name.removesuffix(".keras")
+        arts = [keras_file.with_name(stem + ext) for ext in (".int8.tflite", ".onnx", ".int8.onnx")]
+        arts = [a for a in arts if a.is_file()]
+        if arts:
+            return keras_file, arts
+    return None
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_shipped_default_model_parity_default_thresholds(fer2013_dir, tmp_path, capsys):
+    shipped = _shipped()
+    if shipped is None:
+        pytest.skip("no shipped default model (models/*.keras with its artifacts) in this checkout yet")
+    ref, arts = shipped
+    args = ["--reference", str(ref), "--data", str(fer2013_dir / "test"), "--report", str(tmp_path / "rep")]
+    for a in arts:
+        args += ["--candidate", str(a)]
+    rc, _, err = _parity(capsys, *args)
+    r = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rc == 0, (err, [(c["name"], c["agreement"], c["accuracy_delta"]) for c in r["candidates"]])
+    assert all(c["passed"] for c in r["candidates"])
