@@ -319,14 +319,22 @@ def _load_h5_open(h5: Any, src: Path, architecture: str | None, keras1_theano: b
             repairs.note("training config (optimizer, loss) ignored: loaded for inference, never compiled")
         cfg = _json_attr(attrs["model_config"], src)
         weights_group = h5["model_weights"] if "model_weights" in h5 else h5
+        weights = read_h5_weights(weights_group)
+        keras1 = _keras1_options(attrs, weights, keras1_theano)
         kind = "full model"
         if architecture:
             model, arch_fmt = _model_from_architecture(architecture, trust_model, repairs)
             kind = f"full model, architecture from {arch_fmt}"
+        elif keras1 is not None:
+            raise ExportError(f"{src.name} is a Keras {version or '1.x'} full model; Keras 1 layer configs are not "
+                              "translated: rebuild it in Keras 3 and pass --architecture path/to/builder.py:function "
+                              "(its weights are read from this file)")
         else:
             _refuse_lambdas(cfg, src, trust_model)
             model = build_from_config(translate_model_config(cfg, repairs), trust_model=trust_model)
-        assign_weights(model, read_h5_weights(weights_group), repairs)
+        assign_weights(model, weights, repairs, keras1)
+        if keras1 is not None:
+            return model, f"keras 1.x full model ({_keras1_how(keras1, attrs)}), architecture from {arch_fmt}", labels
         name = "tf.keras" if version and "tf" in version else "keras"
         return model, f"{name} {version or '2.x'} h5 ({kind})", labels
     if "layer_names" in attrs:
@@ -335,15 +343,10 @@ def _load_h5_open(h5: Any, src: Path, architecture: str | None, keras1_theano: b
                               "path/to/builder.py:function)")
         weights = read_h5_weights(h5)
         model, arch_fmt = _model_from_architecture(architecture, trust_model, repairs)
-        if keras1_theano or is_keras1_weights(weights, attrs):
-            backend = (_attr_str(attrs, "backend") or "").lower()
-            ordering = (_attr_str(attrs, "image_dim_ordering") or _attr_str(attrs, "image_data_format") or "").lower()
-            theano = keras1_theano or backend == "theano"
-            opts = Keras1Options(enabled=True, flip_kernels=theano,
-                                 channels_first=theano or ordering in ("th", "channels_first"))
-            assign_weights(model, weights, repairs, opts)
-            how = "theano" if theano else (ordering or "tensorflow")
-            return model, f"keras 1.x weights ({how}) + {arch_fmt}", labels
+        keras1 = _keras1_options(attrs, weights, keras1_theano)
+        if keras1 is not None:
+            assign_weights(model, weights, repairs, keras1)
+            return model, f"keras 1.x weights ({_keras1_how(keras1, attrs)}) + {arch_fmt}", labels
         assign_weights(model, weights, repairs)
         return model, f"keras {version or '2.x'} h5 weights + {arch_fmt}", labels
     if "vars" in h5 or "layers" in h5 or "_layer_checkpoint_dependencies" in h5:
@@ -359,6 +362,24 @@ def _load_h5_open(h5: Any, src: Path, architecture: str | None, keras1_theano: b
         return model, f"keras 3 weights + {arch_fmt}", labels
     raise ExportError(f"{src} is an HDF5 file but not a Keras model or weights file "
                       "(no model_config or layer_names attribute)")
+
+
+def _keras1_options(attrs: Any, weights: Any, keras1_theano: bool) -> Keras1Options | None:
+    """Keras 1 layout, from --keras1-theano or what the file says (version, backend, ordering)."""
+    if not (keras1_theano or is_keras1_weights(weights, attrs)):
+        return None
+    backend = (_attr_str(attrs, "backend") or "").lower()
+    ordering = (_attr_str(attrs, "image_dim_ordering") or _attr_str(attrs, "image_data_format") or "").lower()
+    theano = keras1_theano or backend == "theano"
+    return Keras1Options(enabled=True, flip_kernels=theano,
+                         channels_first=theano or ordering in ("th", "channels_first"))
+
+
+def _keras1_how(opts: Keras1Options, attrs: Any) -> str:
+    if opts.flip_kernels:
+        return "theano"
+    ordering = (_attr_str(attrs, "image_dim_ordering") or "").lower()
+    return f"tensorflow, {ordering}" if ordering else "tensorflow"
 
 
 def _json_attr(val: Any, src: Path) -> Any:

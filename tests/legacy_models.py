@@ -322,6 +322,7 @@ def write_mobilenet_rgb(d: Path) -> Case:
              np.stack([np.sin(6 * xx) ** 2, yy, xx], axis=-1)]
     cal = np.stack([*(g * 255.0 for g in grads), *(_x((128, 128, 3), n=3, seed=9) * 255.0)]).astype("float32")
     _calibrate_bn(m, cal)
+    base.trainable = False  # the usual transfer-learning set-up: frozen backbone, trained head
     m.save(d / "mobilenet_rgb.h5")
     x = np.stack([_x((128, 128, 3), n=1)[0] * 255.0, grads[0] * 255.0]).astype("float32")
     return Case("mobilenetv2-rgb-128", d / "mobilenet_rgb.h5", x, _predict(m, x))
