@@ -54,6 +54,9 @@ class LoadedModel:
     labels: list[str] | None = None  # labels the model file itself carries
     contract_hint: Contract | None = None  # a previous export's <stem>.json beside the model
     repairs: list[str] = field(default_factory=list)  # one line per in-memory repair
+    # "raw" when the model rescales its own input first (a Rescaling layer, or tf.keras's
+    # x/127.5-1 preprocess ops): it then wants 0-255 pixels. A hint for --normalize, not a rule.
+    normalize_hint: str | None = None
 
 
 def load_model(path: str | os.PathLike[str], *, architecture: str | None = None, keras1_theano: bool = False,
@@ -83,7 +86,20 @@ def load_model(path: str | os.PathLike[str], *, architecture: str | None = None,
             model, fmt, labels = _load_h5(src, architecture, keras1_theano, trust_model, repairs)
     input_geometry(model)  # refuse non-image models here, with the file's name at hand
     return LoadedModel(model=model, source=src, source_sha256=digest, source_format=fmt, labels=labels,
-                       contract_hint=_contract_beside(src), repairs=repairs.lines())
+                       contract_hint=_contract_beside(src), repairs=repairs.lines(),
+                       normalize_hint="raw" if _rescales_own_input(model) else None)
+
+
+def _rescales_own_input(model: Any) -> bool:
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            return _rescales_own_input(layer)
+        return isinstance(layer, keras.layers.Rescaling)
+    return False
 
 
 # ---- geometry and output -------------------------------------------------------------------

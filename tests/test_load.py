@@ -202,6 +202,32 @@ def test_mobilenet_preprocess_ops_rebuilt(legacy):
     lm = _load_case(legacy["mobilenetv2-rgb-128"])
     assert any("tf.math.truediv rebuilt as Keras 3 Rescaling" in r for r in lm.repairs), lm.repairs
     assert any("tf.math.subtract rebuilt as Keras 3 Rescaling" in r for r in lm.repairs), lm.repairs
+    assert lm.normalize_hint == "raw"  # the model scales 0-255 pixels itself
+    assert _load_case(legacy["mnist-mlp"]).normalize_hint is None
+
+
+def test_keras1_full_model_needs_builder(legacy, tmp_path):
+    """A Keras 1 full-model file: its layer configs are not translated (refused with a hint),
+    but with a builder its weights load under the same Keras 1 rules."""
+    case = legacy["keras1-theano"]
+    p = tmp_path / "keras1_full.h5"
+    with h5py.File(case.path, "r") as src, h5py.File(p, "w") as dst:
+        dst.attrs["keras_version"] = "1.2.2"
+        dst.attrs["backend"] = "theano"
+        dst.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": [
+            {"class_name": "Convolution2D", "config": {"name": "conv1_1", "nb_filter": 3, "nb_row": 3, "nb_col": 3,
+                                                       "batch_input_shape": [None, 1, 8, 8]}}]})
+        g = dst.create_group("model_weights")
+        for k, v in src.attrs.items():
+            if k == "layer_names":
+                g.attrs[k] = v
+        for name in src:
+            src.copy(name, g)
+    with pytest.raises(ExportError, match=r"keras1_full\.h5 is a Keras 1\.2\.2 full model; .*--architecture"):
+        load_model(p)
+    lm = load_model(p, architecture=case.architecture)
+    _check_same(lm, case)
+    assert lm.source_format.startswith("keras 1.x full model (theano)")
 
 
 def test_keras3_lambda_file_refused_then_trusted(tmp_path):
