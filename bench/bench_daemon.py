@@ -71,7 +71,8 @@ class NotifySocket:
     def _loop(self) -> None:
         while not self._stop:
             try:
-                self.got.append((time.monotonic(), self.sock.recv(4096).decode()))
+                data = self.sock.recv(4096).decode()
+                self.got.append((time.monotonic(), data))
             except TimeoutError:
                 continue
             except OSError:

@@ -48,6 +48,9 @@ class DetectorConfig:
     cascade: str | None = None
     detect_width: int = 320
     min_face: int = 40
+    # Between full-frame searches, known faces are re-found near their last box (much cheaper);
+    # a full search runs every this many frames, and whenever a known face is lost.
+    redetect_every: int = 10
 
 
 @dataclass
@@ -175,6 +178,8 @@ class Config:
             raise ConfigError(f"{where()}: camera names must be unique, got {', '.join(names)}")
         if self.model.device not in ("auto", "cpu", "coral"):
             raise ConfigError(f"{where()}: model.device must be auto, cpu or coral, not {self.model.device!r}")
+        if self.detector.redetect_every < 1 or self.detector.min_face < 1 or self.detector.detect_width < 0:
+            raise ConfigError(f"{where()}: detector needs redetect_every >= 1, min_face >= 1, detect_width >= 0")
         if not 0.0 <= self.model.min_score < 1.0:
             raise ConfigError(f"{where()}: model.min_score must be in [0, 1)")
         t = self.tracking

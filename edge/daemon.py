@@ -54,6 +54,9 @@ class CameraState:
     infer_ms: float = 0.0  # EMA of per-face inference time
     detect_ms: float = 0.0
     last_frame: float | None = None
+    det_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # in detection-plane pixels
+    since_full: int = 0
+    full_searches: int = 0
     _fps_frames: int = 0
     _fps_time: float = field(default_factory=time.monotonic)
 
@@ -231,14 +234,15 @@ class Daemon:
             det_gray = getattr(frame, "detect_gray", None)
             gray = image if image.ndim == 2 else None
             if det_gray is not None and valid_image(det_gray):
-                # picamera2: detect on the small Y plane, crop from the full-size main stream.
-                sy, sx = image.shape[0] / det_gray.shape[0], image.shape[1] / det_gray.shape[1]
-                boxes = [(round(x * sx), round(y * sy), round(w * sx), round(h * sy))
-                         for x, y, w, h in pipe.detector.detect_gray(det_gray)]
+                plane = det_gray  # picamera2: detect on the small Y plane, crop from the main stream
             else:
                 if gray is None:
                     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-                boxes = pipe.detector.detect_gray(gray)
+                plane = gray
+            boxes = self._detect(cam, plane)
+            if plane is not gray:
+                sy, sx = image.shape[0] / plane.shape[0], image.shape[1] / plane.shape[1]
+                boxes = [(round(x * sx), round(y * sy), round(w * sx), round(h * sy)) for x, y, w, h in boxes]
             t1 = time.perf_counter()
             faces = pipe.classify_boxes(image, boxes, gray)
             t2 = time.perf_counter()
@@ -268,6 +272,22 @@ class Daemon:
             record["pts"] = frame.pts
         record["faces"] = [f.to_dict() for f in upd.faces]
         return record
+
+    def _detect(self, cam: CameraState, plane: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Full-frame search every ``redetect_every`` frames; in between, re-find the known faces
+        near their last boxes (the runtime's ``detect_near``), falling back to a full search
+        as soon as one is lost. New faces are therefore found within ``redetect_every`` frames."""
+        det = cam.pipeline.detector
+        boxes = None
+        if cam.det_boxes and cam.since_full < self.cfg.detector.redetect_every:
+            boxes = det.detect_near(plane, cam.det_boxes)
+        if boxes is None:
+            boxes = det.detect_gray(plane)
+            cam.since_full = 0
+            cam.full_searches += 1
+        cam.since_full += 1
+        cam.det_boxes = list(boxes)
+        return boxes
 
     # ---- health, stats, status -----------------------------------------------------------
     def camera_healthy(self, cam: CameraState, now: float | None = None) -> bool:
@@ -311,6 +331,7 @@ class Daemon:
                            for t in c.tracker.tracks if t.confirmed],
                 "inference_ms": round(c.infer_ms, 3),
                 "detect_ms": round(c.detect_ms, 3),
+                "full_searches": c.full_searches,
             }
         if self.mqtt is not None:
             out["mqtt"] = {"connected": self.mqtt.connected, "queued": self.mqtt.queue_length(),
