@@ -509,6 +509,7 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
         # 7. held-out check ---------------------------------------------------------------
         ph.start(f"scoring artifacts on {len(x_held)} held-out faces")
         p_ref = runners.probs(runners.keras_runner(view), x_held, contract)
+        ph.done("evaluate_keras")
         try:
             tfl_run = runners.tflite_runner(f_tfl, contract)
         except FeredgeError as e:
@@ -524,7 +525,7 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
             p = runners.probs(run, x_held, contract)
             artifacts[fname] = {"metrics": compare(p_ref, p),
                                 "accuracy": accuracy(p, y_held) if y_held is not None else None}
-        ph.done("evaluate")
+            ph.done(f"evaluate_{fname.removeprefix(name + '.').replace('.', '_')}")
 
         # 8. sidecar, report, publish -------------------------------------------------------
         op_lists = {f_tfl.name: fb.op_summary(), f_onnx.name: onnx_ops, f_qonnx.name: qonnx_ops}
@@ -574,9 +575,20 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
         rep.write(report, stage)
         files[rep.JSON_NAME] = out / rep.JSON_NAME
         files[rep.MD_NAME] = out / rep.MD_NAME
+        _readable(stage)
         publish(stage, out)
     written = rep._clean(report)
     return ExportResult(out_dir=out, name=name, files=files, contract=contract, report=written, warnings=warnings)
+
+
+def _readable(stage: Path) -> None:
+    """Atomic writes start as 0600 temp files; the device service usually runs as another user
+    (systemd DynamicUser), so published files get the usual 0644 minus the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in stage.iterdir():
+        if f.is_file():
+            f.chmod(0o644 & ~mask)
 
 
 def load_report(out_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -25,7 +25,11 @@ INPUT_NAME = "input"
 
 
 def convert_fp32(model: Any, input_shape: tuple[int, int, int], dest: Path) -> list[str]:
-    """Write the fp32 ONNX of a Keras model with a static batch of 1; returns its op types.
+    """Write the fp32 ONNX of a Keras model; returns its op types.
+
+    The batch dimension stays dynamic: onnxruntime plans shapes at run time anyway, and batched
+    scoring (export report, parity suite) is several times faster than one face per call. The
+    int8 TFLite, whose arena is planned ahead on the device, is the artifact with a static batch.
 
     Traced through a ``tf.function`` rather than ``tf2onnx.convert.from_keras``: the latter
     looks up Keras 3 Sequential models' symbolic tensors by name and fails on them.
@@ -35,7 +39,7 @@ def convert_fp32(model: Any, input_shape: tuple[int, int, int], dest: Path) -> l
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     h, w, c = input_shape
-    spec = [tf.TensorSpec((1, h, w, c), tf.float32, name=INPUT_NAME)]
+    spec = [tf.TensorSpec((None, h, w, c), tf.float32, name=INPUT_NAME)]
 
     @tf.function(input_signature=spec)
     def forward(x: Any) -> Any:
@@ -59,14 +63,15 @@ def op_types(path: Path) -> list[str]:
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over a prepared float batch."""
 
-    def __init__(self, name: str, x: np.ndarray, progress_cb: Callable[[int], None] | None) -> None:
-        self._it: Iterator[dict[str, np.ndarray]] = ({name: x[i: i + 1]} for i in range(len(x)))
+    def __init__(self, name: str, x: np.ndarray, progress_cb: Callable[[int], None] | None,
+                 batch: int = 1) -> None:
+        self._it: Iterator[dict[str, np.ndarray]] = ({name: x[i: i + batch]} for i in range(0, len(x), batch))
         self._cb = progress_cb
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         item = next(self._it, None)
         if item is not None and self._cb is not None:
-            self._cb(1)
+            self._cb(len(next(iter(item.values()))))
         return item
 
     def rewind(self) -> None:  # pragma: no cover - only used by some calibrators
@@ -103,11 +108,13 @@ def quantize_int8(fp32: Path, dest: Path, calib_x: np.ndarray, *, method: str = 
         raise ExportError(f"unknown ONNX calibration method {method!r} (minmax, percentile, entropy)")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    name = ort.InferenceSession(str(fp32), opts, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    inp = ort.InferenceSession(str(fp32), opts, providers=["CPUExecutionProvider"]).get_inputs()[0]
+    name = inp.name
+    batch = 1 if isinstance(inp.shape[0], int) else 50  # MinMax over batches == over single faces
     try:
         with _quiet_root_warnings():
             quantize_static(
-                str(fp32), str(dest), _Reader(name, calib_x.astype(np.float32), progress_cb),
+                str(fp32), str(dest), _Reader(name, calib_x.astype(np.float32), progress_cb, batch),
                 quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 calibrate_method=methods[method],

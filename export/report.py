@@ -54,6 +54,10 @@ def to_markdown(r: dict[str, Any]) -> str:
               "|---|---:|---:|---:|---:|---:|---:|"]
     for name, a in r["artifacts"].items():
         m = a.get("metrics") or {}
+        if not m:
+            lines.append(f"| `{name}` | {a['bytes']:,} | reference (desktop model) | | | | "
+                         f"{_pct(r.get('desktop_accuracy'))} |")
+            continue
         lines.append(f"| `{name}` | {a['bytes']:,} | {_pct(m.get('agreement'))} | "
                      f"{_pct(m.get('agreement_margin'))} (n={m.get('n_margin', 0)}) | {_num(m.get('mean_abs_dp'))} | "
                      f"{_num(m.get('max_abs_dp'))} | {_pct(a.get('accuracy'))} |")
@@ -65,7 +69,9 @@ def to_markdown(r: dict[str, Any]) -> str:
         q = a.get("quantization")
         if q:
             lines.append("  - I/O: " + "; ".join(
-                f"{k} {v['dtype']} scale={v['scale']:.6g} zero_point={v['zero_point']}" for k, v in q.items()))
+                f"{k} {v['dtype']}" + ("" if v["dtype"] == "float32" else
+                                       f" scale={v['scale']:.6g} zero_point={v['zero_point']}")
+                for k, v in q.items()))
     if r.get("edgetpu"):
         e = r["edgetpu"]
         lines += ["", "## Edge TPU", "",

@@ -25,7 +25,7 @@ from export.errors import ExportError
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-def keras_runner(model: Any, batch_size: int = 256) -> Runner:
+def keras_runner(model: Any, batch_size: int = 64) -> Runner:
     """The desktop model (any batch size). ``predict`` compiles a graph: ~3x faster than eager calls."""
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -54,11 +54,10 @@ def tflite_runner(path: str | os.PathLike[str], contract: Contract | None = None
     return run
 
 
-def onnx_runner(path: str | os.PathLike[str], *, num_threads: int | None = 1) -> Runner:
+def onnx_runner(path: str | os.PathLike[str], *, num_threads: int | None = None) -> Runner:
     """An ONNX model (fp32 or QDQ, float I/O) with onnxruntime's CPU provider, batch by batch.
 
-    One thread without spinning by default: for batch-1 models of this size a thread pool costs
-    more than it gives, and spinning workers starve everything else on a small machine.
+    Worker threads do not spin: spinning workers starve everything else on a small machine.
     """
     import onnxruntime as ort
 
