@@ -537,7 +537,7 @@ def _candidate_section(cfg, c: Candidate, p_ref, p, y, labels, images, fit, held
         "format": c.format,
         "int8": c.int8,
         "kind": c.kind,
-        **cmp,
+        **{k: (_finite(v) if isinstance(v, float) else v) for k, v in cmp.items()},
         "accuracy": None,
         "reference_accuracy": None,
         "accuracy_delta": None,

@@ -210,6 +210,16 @@ def test_tiny_samples_subset(tiny, tmp_path, capsys):
     assert json.loads((rep / "report.json").read_text())["data"]["n"] == 30
 
 
+def test_tiny_margin_with_no_confident_face_is_null_in_json(tiny, tmp_path, capsys):
+    rep = tmp_path / "rep"
+    rc, out, err = main(["parity", "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
+                         "--data", str(tiny["data"]), "--margin", "1", "--report", str(rep)]), *capsys.readouterr()
+    assert rc == 0, err
+    c = json.loads((rep / "report.json").read_text())["candidates"][0]
+    assert c["agreement_margin"] is None and c["n_margin"] == 0
+    assert "PASS" in out and "tiny.onnx" in out  # the summary line on stdout without --quiet
+
+
 # ---- bad input: one line, exit 2 ----------------------------------------------------------------
 
 def _bad(capsys, *args: str) -> str:
