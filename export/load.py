@@ -242,6 +242,7 @@ def _savedmodel_via_tf_keras(src: Path, repairs: Repairs, trust_model: bool) -> 
         return None
     from collections import OrderedDict
 
+    _refuse_savedmodel_lambdas(src, trust_model)  # before tf_keras revives (unmarshals) anything
     try:
         k2_model = tf_keras.models.load_model(str(src), compile=False)
         cfg = json.loads(k2_model.to_json())
@@ -254,6 +255,22 @@ def _savedmodel_via_tf_keras(src: Path, repairs: Repairs, trust_model: bool) -> 
     assign_weights(model, weights, repairs)
     repairs.note("tf.keras SavedModel rebuilt from its Keras config and variables (via tf_keras)")
     return model
+
+
+def _refuse_savedmodel_lambdas(src: Path, trust_model: bool) -> None:
+    """tf.keras stores each layer's config as JSON in ``keras_metadata.pb``; look for Lambda."""
+    raw = (src / "keras_metadata.pb").read_bytes()
+    configs: list[Any] = []
+    try:
+        from tf_keras.protobuf import saved_metadata_pb2
+
+        meta = saved_metadata_pb2.SavedMetadata()
+        meta.ParseFromString(raw)
+        configs = [json.loads(node.metadata or "{}") for node in meta.nodes]
+    except Exception:  # unparsable: fall back to a plain byte search of the JSON
+        if b'"class_name": "Lambda"' in raw:
+            configs.append({"class_name": "Lambda", "config": {"name": "?"}})
+    _refuse_lambdas(configs, src, trust_model)
 
 
 def _savedmodel_tfsm(src: Path, repairs: Repairs) -> tuple[Any, str]:

@@ -351,6 +351,19 @@ def write_tf_keras_savedmodel(d: Path) -> Case:
     return Case("tf-keras-savedmodel", d / "savedmodel_k2", x, _predict(m, x))
 
 
+def write_lambda_savedmodel(d: Path) -> Case:
+    """A tf.keras SavedModel with a Lambda: its config sits in keras_metadata.pb."""
+    import tf_keras as k2
+
+    L = k2.layers
+    m = k2.Sequential([L.Lambda(lambda t: t * 2.0 - 1.0, input_shape=(8, 8, 1), name="scale_sm"),
+                       L.Conv2D(2, 3), L.Flatten(), L.Dense(3, activation="softmax")])
+    _randomize(m)
+    m.save(str(d / "lambda_savedmodel"), save_format="tf")
+    x = _x((8, 8, 1))
+    return Case("lambda-savedmodel", d / "lambda_savedmodel", x, _predict(m, x))
+
+
 KERAS1_BUILDER = '''
 import keras
 from keras import layers
@@ -429,7 +442,8 @@ def write_keras1_theano(d: Path, *, with_attrs: bool = True) -> Case:
 
 WRITERS = [write_weights_json, write_nested, write_lambda, write_seq_no_input, write_list_sequential,
            write_dtype_initializers, write_depthwise_groups, write_mixed_precision, write_fer_cnn_builder,
-           write_mnist_mlp, write_mobilenet_rgb, write_keras1_theano, write_slicing_op, write_tf_keras_savedmodel]
+           write_mnist_mlp, write_mobilenet_rgb, write_keras1_theano, write_slicing_op, write_tf_keras_savedmodel,
+           write_lambda_savedmodel]
 
 
 def write_all(d: Path) -> dict[str, Case]:

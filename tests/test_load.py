@@ -127,6 +127,13 @@ def test_lambda_refused_without_trust_then_loads_with_it(legacy):
     _check_same(load_model(case.path, trust_model=True), case)
 
 
+def test_lambda_in_tf_keras_savedmodel_refused_then_trusted(legacy):
+    case = legacy["lambda-savedmodel"]
+    with pytest.raises(ExportError, match=r"lambda_savedmodel contains Lambda layer 'scale_sm'; .*--trust-model"):
+        load_model(case.path)
+    _check_same(load_model(case.path, trust_model=True), case)
+
+
 def test_lambda_bytecode_from_another_python_is_reported(legacy, tmp_path):
     case = legacy["lambda"]
     p = tmp_path / "lambda_oldpy.h5"
