@@ -271,9 +271,35 @@ def load(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None =
             raise ConfigError(f"{p}: invalid TOML: {e}") from None
     cfg = from_dict(data, text=text, where=where)
     cfg.source_path = None if path is None else str(path)
+    if path is not None:
+        _resolve_paths(cfg, Path(path).resolve().parent)
     for dotted, value in (overrides or {}).items():
         apply_override(cfg, dotted, value)
     return cfg.validate()
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    """Relative paths in a config file mean "next to this file", whatever the working directory
+    (systemd starts the daemon in /var/lib/feredge). Command-line overrides stay relative to
+    the shell's directory: they are applied afterwards."""
+
+    def fix(value: str | None) -> str | None:
+        if not value or Path(value).is_absolute():
+            return value
+        return str(base / value)
+
+    cfg.model.path = fix(cfg.model.path)
+    if cfg.detector.cascade and ("/" in cfg.detector.cascade):
+        cfg.detector.cascade = fix(cfg.detector.cascade)
+    if cfg.jsonl.path != "-":
+        cfg.jsonl.path = fix(cfg.jsonl.path) or cfg.jsonl.path
+    for name in ("ca_file", "cert_file", "key_file"):
+        setattr(cfg.mqtt, name, fix(getattr(cfg.mqtt, name)))
+    for cam in cfg.camera:
+        s = cam.source
+        is_file = not (s == "auto" or s.startswith(("picamera2", "v4l2:", "/dev/")) or s.isdigit() or "://" in s)
+        if is_file:
+            cam.source = fix(s) or s
 
 
 def from_dict(data: dict[str, Any], *, text: str = "", where: str = "config") -> Config:

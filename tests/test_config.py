@@ -210,3 +210,16 @@ def test_cli_http_on_all_interfaces_without_token_exit_2(capsys, monkeypatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     assert main(["run", "--check", "--set", "http.bind='0.0.0.0'"]) == 2
     assert "a token is required" in capsys.readouterr().err
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    p = sub / "config.toml"
+    p.write_text('[model]\npath = "models/fer"\n[jsonl]\npath = "out/f.jsonl"\n'
+                 '[[camera]]\nsource = "clips/a.mp4"\n[[camera]]\nname = "b"\nsource = "/dev/video1"\n'
+                 '[[camera]]\nname = "c"\nsource = "rtsp://x/y"\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = C.load(p, {"camera.2.source": "rel.mp4"})
+    assert cfg.model.path == str(sub / "models/fer") and cfg.jsonl.path == str(sub / "out/f.jsonl")
+    assert [c.source for c in cfg.camera] == [str(sub / "clips/a.mp4"), "/dev/video1", "rel.mp4"]

@@ -226,3 +226,50 @@ def test_last_will_marks_a_killed_daemon_offline(tmp_path, edge_tiny_model, woma
             proc.wait()
         sub.close()
         broker.stop()
+
+
+@pytest.mark.slow
+def test_example_config_end_to_end(tmp_path, edge_tiny_model, woman_video):
+    """What a new user does: the example config on the shared video (looped), a local mosquitto,
+    JSON lines on stdout, MQTT messages and discovery at a subscriber, /metrics over HTTP."""
+    import urllib.request
+
+    port, http_port = free_port(), free_port()
+    broker = Broker(tmp_path, port).start()
+    sub = Subscriber(port)
+    example = ROOT / "systemd" / "config.example.toml"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(example), "--model", str(edge_tiny_model),
+         "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port), "--http-port", str(http_port),
+         "--set", "mqtt.client_id='feredge-example'", "--set", "jsonl.mode='frames'"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        node = "feredge-example"
+        def seen() -> bool:
+            states = [json.loads(x) for x in sub.on("feredge/shelf/state")]
+            return bool(sub.on(f"homeassistant/sensor/{node}/shelf_expression/config")
+                        and any(st["faces"] >= 1 for st in states) and sub.on("feredge/shelf/events"))
+
+        assert wait_until(lambda: seen() or proc.poll() is not None, 180)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=30) as r:
+            metrics = r.read().decode()
+        assert 'feredge_frames_total{camera="shelf"}' in metrics and "feredge_up 1" in metrics
+        assert wait_until(lambda: any('"type":"frame"' in x for x in lines), 60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        reader.join(timeout=10)
+        records = [json.loads(x) for x in lines if x.startswith("{")]
+        assert any(r["type"] == "event" and r["event"] == "appeared" for r in records)
+        assert all(f["track_id"] >= 1 for r in records if r["type"] == "frame" for f in r["faces"])
+        assert wait_until(lambda: sub.on("feredge/availability")[-1:] == ["offline"], 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sub.close()
+        broker.stop()
