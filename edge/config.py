@@ -89,6 +89,9 @@ class TrackingConfig:
 class DaemonConfig:
     # A camera loop that has not made progress for this long stops the watchdog pings.
     stall_timeout: float = 10.0
+    # A camera offline this long also stops the watchdog pings, so systemd restarts the service
+    # (the last resort for a wedged driver); 0 = never.
+    offline_restart: float = 300.0
     # How long start-up waits for the first frames before reporting READY anyway.
     startup_timeout: float = 20.0
     status_interval: float = 5.0
@@ -182,6 +185,9 @@ class Config:
             raise ConfigError(f"{where()}: detector needs redetect_every >= 1, min_face >= 1, detect_width >= 0")
         if not 0.0 <= self.model.min_score < 1.0:
             raise ConfigError(f"{where()}: model.min_score must be in [0, 1)")
+        if self.daemon.stall_timeout <= 0 or self.daemon.offline_restart < 0 or self.daemon.status_interval <= 0 \
+                or self.daemon.stats_interval <= 0 or self.daemon.startup_timeout < 0:
+            raise ConfigError(f"{where()}: [daemon] intervals and timeouts must be positive")
         t = self.tracking
         if not 0 < t.ema <= 1 or not 0 < t.iou < 1 or t.min_hits < 1 or t.leave_after <= 0:
             raise ConfigError(f"{where()}: tracking needs 0 < ema <= 1, 0 < iou < 1, min_hits >= 1, leave_after > 0")

@@ -33,9 +33,6 @@ from edge.track import Tracker
 
 log = logging.getLogger(__name__)
 
-# A camera offline this long counts as "frames not flowing": the watchdog pings stop and
-# systemd restarts the service, which is the last resort for a wedged driver.
-OFFLINE_RESTART_DEFAULT = 300.0
 MIN_SIDE = 16  # smaller frames are corrupt, not cameras
 
 
@@ -78,13 +75,12 @@ class Daemon:
     """The daemon as an object, so tests can run it in-process with their own sources."""
 
     def __init__(self, config: Config, *, openers: dict[str, tuple[Opener, bool, bool]] | None = None,
-                 notifier: Notifier | None = None, extra_sinks: list[Sink] | None = None,
-                 offline_restart: float = OFFLINE_RESTART_DEFAULT) -> None:
+                 notifier: Notifier | None = None, extra_sinks: list[Sink] | None = None) -> None:
         self.cfg = config
         self.notifier = notifier or Notifier()
         self.metrics = DaemonMetrics()
         self.stop_event = threading.Event()
-        self.offline_restart = offline_restart
+        self.offline_restart = config.daemon.offline_restart
         self._openers = openers or {}
         self._extra_sinks = list(extra_sinks or [])
         self.sinks: list[Sink] = []
