@@ -330,6 +330,10 @@ def _export(model: str | os.PathLike[str], *, calibration: str | os.PathLike[str
     # 1. cheap checks first: options, calibration source, output folder ------------------
     if samples <= 0:
         raise ExportError(f"--samples must be positive, got {samples}")
+    if eval_samples is not None and eval_samples <= 0:
+        raise ExportError(f"--eval-samples must be positive, got {eval_samples}")
+    if onnx_calibration not in ("minmax", "percentile", "entropy"):
+        raise ExportError(f"unknown ONNX calibration method {onnx_calibration!r} (minmax, percentile, entropy)")
     if face_margin is not None and not 0.0 <= face_margin <= 2.0:
         raise ExportError(f"--face-margin must be between 0 and 2, got {face_margin}")
     norm = parse_normalize(normalize) if normalize is not None else None

@@ -29,6 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="artifact base name (default: model file stem)")
     p.add_argument("--keras1-theano", action="store_true",
                    help="Keras 1.x weights came from the Theano backend (channels-first, flipped kernels)")
+    p.add_argument("--onnx-calibration", choices=["minmax", "percentile", "entropy"], default="minmax",
+                   help="activation range method of the int8 ONNX (default minmax, as the TFLite converter)")
+    p.add_argument("--eval-samples", type=int, metavar="N",
+                   help="cap the held-out check at N faces (default: the whole test part)")
     p.add_argument("--edgetpu", action="store_true", help="check Edge TPU compatibility and compile if possible")
     p.add_argument("--trust-model", action="store_true",
                    help="allow Lambda layers (deserialising them runs code from the file)")
@@ -57,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         edgetpu=args.edgetpu,
         trust_model=args.trust_model,
         progress=not args.quiet,
+        eval_samples=args.eval_samples,
+        onnx_calibration=args.onnx_calibration,
     )
     if not args.quiet:
         print(result.summary())

@@ -33,6 +33,9 @@ def test_fer_export_writes_every_artifact(fer_export: Path, fer_h5: Path):
         "emotion_model.int8.tflite", "emotion_model.onnx", "emotion_model.int8.onnx", "emotion_model.keras",
         "emotion_model.json", "export-report.json", "export-report.md",
     ])
+    assert not list(fer_export.glob(".*"))  # no staging folder or temp file left
+    for p in fer_export.iterdir():
+        assert p.stat().st_mode & 0o044 == 0o044, p  # readable by the device service's own user
     c = Contract.load(fer_export / "emotion_model.json")
     assert c.labels == list(FER2013_LABELS)  # Keras 2 model without label metadata: FER2013 CSV order
     assert (c.input.height, c.input.width, c.input.channels, c.input.color) == (64, 64, 1, "gray")
@@ -185,7 +188,8 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 def test_rgb_model_gets_grey_calibration_as_rgb(tiny, tmp_path: Path, capsys):
     out = tmp_path / "rgb"
     rc = main(["export", str(tiny["rgb"]), "--calibration", str(tiny["data"]), "--samples", "100",
-               "--labels", ",".join(FER2013_LABELS), "--quiet", "--out", str(out), "--name", "rgb"])
+               "--labels", ",".join(FER2013_LABELS), "--quiet", "--out", str(out), "--name", "rgb",
+               "--onnx-calibration", "percentile", "--eval-samples", "14"])
     assert rc == 0
     c = Contract.load(out / "rgb.json")
     assert (c.input.height, c.input.width, c.input.channels, c.input.color) == (32, 32, 3, "rgb")
@@ -194,9 +198,10 @@ def test_rgb_model_gets_grey_calibration_as_rgb(tiny, tmp_path: Path, capsys):
     assert any("assuming unit" in w for w in r["warnings"])
     assert r["calibration"]["skipped"] == 2 and sorted(r["calibration"]["skipped_files"]) == [
         "happy/broken.jpg", "sad/zero.png"]
-    assert r["calibration"]["samples"] == 42 and r["heldout"]["n"] == 21
+    assert r["calibration"]["samples"] == 42 and r["heldout"]["n"] == 14  # 21 test faces, capped
+    assert r["calibration"]["onnx_method"] == "percentile"
     tfl = r["artifacts"]["rgb.int8.tflite"]
-    assert tfl["metrics"]["n"] == 21 and tfl["metrics"]["mean_abs_dp"] < 0.05
+    assert tfl["metrics"]["n"] == 14 and tfl["metrics"]["mean_abs_dp"] < 0.05
     assert r["artifacts"]["rgb.onnx"]["metrics"]["agreement"] == 1.0
     # The interpreter sees a static (1, 32, 32, 3) int8 input; grey faces fill all three channels.
     from ai_edge_litert.interpreter import Interpreter
@@ -325,3 +330,13 @@ def test_failed_export_keeps_existing_files_and_leaves_no_partial(tiny, tmp_path
     _run_bad([str(tiny["rgb"]), "--calibration", str(tiny["data"]), "--labels", "x", "--out", str(out)], capsys)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     shutil.rmtree(out)
+
+
+def test_bad_counts_and_name(tiny, tmp_path: Path, capsys):
+    out = tmp_path / "o"
+    base = [str(tiny["rgb"]), "--calibration", str(tiny["data"]), "--out", str(out)]
+    assert "--samples must be positive, got 0" in _run_bad([*base, "--samples", "0"], capsys)
+    assert "--eval-samples must be positive, got -1" in _run_bad([*base, "--eval-samples", "-1"], capsys)
+    assert "--name '../x' is not a plain file name" in _run_bad([*base, "--name", "../x"], capsys)
+    assert "model not found" in _run_bad([str(tmp_path / "none.keras"), *base[1:]], capsys)
+    _assert_nothing_written(out)
