@@ -51,6 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --samples and the temperature-fit split")
     p.add_argument("--worst", type=_positive, default=24, metavar="N",
                    help="faces on each contact sheet of disagreements (default 24)")
+    p.add_argument("--footage", action="append", default=[], metavar="VIDEO",
+                   help="also compare on faces the device's Haar detector finds in this video or image "
+                        "(repeatable; unlabelled: agreement only, same threshold)")
+    p.add_argument("--footage-every", type=_positive, default=4, metavar="N",
+                   help="use every N-th frame of --footage videos (default 4)")
     p.add_argument("--architecture", metavar="ARCH", help="for a weights-only reference .h5 (as in export)")
     p.add_argument("--trust-model", action="store_true", help="allow Lambda layers in the reference")
     p.add_argument("--report", metavar="DIR", help="write report.json, report.md and pictures here")
@@ -77,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         architecture=args.architecture,
         trust_model=args.trust_model,
+        footage=list(args.footage),
+        footage_every=args.footage_every,
     )
     with quiet_native_logs(enabled=not getattr(args, "verbose", False)):
         result = run_parity(cfg)

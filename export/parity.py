@@ -61,6 +61,8 @@ class ParityConfig:
     batch_size: int = 256
     trust_model: bool = False
     architecture: str | None = None
+    footage: list[str] = field(default_factory=list)  # videos / still images for the camera-face check
+    footage_every: int = 4  # use every N-th video frame
 
 
 @dataclass
@@ -288,6 +290,14 @@ def run_tflite(cand: Candidate, x: np.ndarray, progress: bool = False) -> np.nda
     return out
 
 
+def candidate_probs(c: Candidate, x: np.ndarray, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """Probabilities of a candidate on prepared inputs, as the device would report them."""
+    if c.format == "tflite":
+        return run_tflite(c, x, progress)
+    raw = run_onnx(c, x, batch_size, progress)
+    return probabilities(raw, c.contract.output.activation, c.contract.output.temperature)
+
+
 # ---- the suite -----------------------------------------------------------------------------
 
 def _seeded_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -353,6 +363,9 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
     if not ref_path.exists():
         raise ExportError(f"reference model not found: {ref_path}")
     cands = [load_candidate(c) for c in cfg.candidates]
+    for f in cfg.footage:
+        if not Path(f).is_file():
+            raise ExportError(f"footage not found: {f}")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     images, part = _read_data(cfg)
@@ -408,11 +421,7 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
         ref_keys.append(ref_key)
         x = prepared_for(c.contract.input)
         t = time.perf_counter()
-        if c.format == "tflite":
-            p = run_tflite(c, x, cfg.progress)
-        else:
-            raw = run_onnx(c, x, cfg.batch_size, cfg.progress)
-            p = probabilities(raw, c.contract.output.activation, c.contract.output.temperature)
+        p = candidate_probs(c, x, cfg.batch_size, cfg.progress)
         if p.shape != p_ref.shape:
             raise ExportError(
                 f"label mismatch between reference and candidate {c.path.name}: outputs of shape "
@@ -423,6 +432,10 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
         sec = _candidate_section(cfg, c, p_ref, p, y, labels, images, fit, held)
         sec["notes"] = _contract_notes(ref_contract, c)
         results.append(sec)
+    if cfg.footage:
+        t = time.perf_counter()
+        _footage_sections(cfg, model, ref_contract, cands, results)
+        timings["footage"] = time.perf_counter() - t
     ref_section = _reference_section(cfg, loaded, ref_probs[ref_keys[0]], y, labels, fit, held)
     ref_section["contract"] = "own (beside the model)" if ref_contract is not None else "the candidates'"
 
@@ -615,6 +628,64 @@ def _candidate_section(cfg, c: Candidate, p_ref, p, y, labels, images, fit, held
     return sec
 
 
+def read_footage(path: str | Path, every: int = 4) -> list[np.ndarray]:
+    """Frames of a video (every ``every``-th) or a single still image."""
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"footage not found: {p}")
+    if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"):
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ExportError(f"cannot read image {p}")
+        return [img]
+    return read_frames(p, every=every)
+
+
+def _footage_sections(cfg: ParityConfig, model, ref_contract: Contract | None, cands: list[Candidate],
+                      results: list[dict[str, Any]]) -> None:
+    """Agreement on faces found in real footage the way the device finds them (Haar detection on
+    full frames, each candidate's contract margin): camera faces are not FER2013 faces, and a
+    candidate that only holds up on the test set should not pass. Unlabelled: agreement only."""
+    from edge.detect import FaceDetector
+    from edge.preprocess import crop_face
+
+    frames: list[np.ndarray] = []
+    for f in cfg.footage:
+        frames += read_footage(f, cfg.footage_every)
+    detector = FaceDetector()
+    boxes = [detector.detect(fr) for fr in frames]
+    n_boxes = sum(len(b) for b in boxes)
+    for c, sec in zip(cands, results, strict=True):
+        src = ref_contract if ref_contract is not None else c.contract
+        crops = [np.ascontiguousarray(crop_face(fr, b, c.contract.input.face_margin))
+                 for fr, bs in zip(frames, boxes, strict=True) for b in bs]
+        ref_crops = [np.ascontiguousarray(crop_face(fr, b, src.input.face_margin))
+                     for fr, bs in zip(frames, boxes, strict=True) for b in bs]
+        info: dict[str, Any] = {"sources": [str(f) for f in cfg.footage], "frames": len(frames), "faces": n_boxes}
+        if not crops:
+            info["agreement"] = None
+            sec["footage"] = info
+            sec["notes"].append("no face found in the footage; footage agreement not measured")
+            continue
+        x = np.stack([prepare(im, c.contract.input) for im in crops])
+        x_ref = np.stack([prepare(im, src.input) for im in ref_crops])
+        p = candidate_probs(c, x, cfg.batch_size, False)
+        p_ref = probabilities(run_reference(model, x_ref, cfg.batch_size), src.output.activation,
+                              src.output.temperature)
+        cmp = M.compare(p_ref, p, cfg.margin)
+        info.update({k: (_finite(v) if isinstance(v, float) else v) for k, v in cmp.items()})
+        sec["footage"] = info
+        need = sec["thresholds"]["min_agreement"]
+        if cmp["agreement"] < need:
+            flips = round((1 - cmp["agreement"]) * cmp["n"])
+            sec["failures"].append(
+                f"footage agreement {cmp['agreement']:.4f} < {need:.4f} ({flips} of {cmp['n']} camera faces flip)"
+            )
+            sec["passed"] = False
+
+
 # ---- report --------------------------------------------------------------------------------
 
 def _fmt(v: float | None, nd: int = 4) -> str:
@@ -739,6 +810,11 @@ def render_markdown(r: dict[str, Any]) -> str:
             out += [f"- **{f}**" for f in c["failures"]] + [""]
         if c.get("notes"):
             out += [f"- note: {f}" for f in c["notes"]] + [""]
+        fo = c.get("footage")
+        if fo:
+            out += [f"Real footage ({', '.join(f'`{Path(s).name}`' for s in fo['sources'])}: {fo['frames']} frames, "
+                    f"{fo['faces']} faces): agreement {_fmt(fo.get('agreement'))}, margin > {th['margin']}: "
+                    f"{_fmt(fo.get('agreement_margin'))}, mean abs Δp {_fmt(fo.get('mean_abs_dp'))}.", ""]
         d = c["disagreements"]
         out += [f"{d['count']} disagreement(s). Most confident reference first:", ""]
         if d["worst"]:

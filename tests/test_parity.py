@@ -220,6 +220,25 @@ def test_tiny_margin_with_no_confident_face_is_null_in_json(tiny, tmp_path, caps
     assert "PASS" in out and "tiny.onnx" in out  # the summary line on stdout without --quiet
 
 
+def test_tiny_footage_agreement(tiny, astronaut_bgr, tmp_path, capsys):
+    still = tmp_path / "astronaut.png"
+    cv2.imwrite(str(still), astronaut_bgr)
+    rep = tmp_path / "rep"
+    rc, _, err = _parity(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["tflite"]),
+                         "--data", str(tiny["data"]), "--footage", str(still), "--report", str(rep))
+    assert rc == 0, err
+    fo = json.loads((rep / "report.json").read_text())["candidates"][0]["footage"]
+    assert fo["frames"] == 1 and fo["faces"] >= 1 and fo["n"] == fo["faces"]
+    assert fo["agreement"] == 1.0
+    assert "Real footage" in (rep / "report.md").read_text()
+
+
+def test_bad_missing_footage(tiny, tmp_path, capsys):
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
+               "--data", str(tiny["data"]), "--footage", str(tmp_path / "none.mp4"))
+    assert "footage not found" in msg
+
+
 # ---- bad input: one line, exit 2 ----------------------------------------------------------------
 
 def _bad(capsys, *args: str) -> str:
