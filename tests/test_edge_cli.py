@@ -158,6 +158,20 @@ def test_doctor(model_dir: Path, capsys):
     assert d["coral"]["ok"] is False or d["coral"]["library"]
 
 
+def test_doctor_without_a_usable_interpreter_exits_1(capsys):
+    # tflite-runtime is not installed here (Python 3.11 wheels stop at 2.14 and the project
+    # uses LiteRT), so asking doctor to check it is a real "nothing can run" case.
+    from edge import backends
+
+    if backends.backend_module("tflite-runtime").available():
+        pytest.skip("tflite-runtime is installed here")
+    assert main(["doctor", "--backend", "tflite-runtime"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] interpreter: backend 'tflite-runtime' is not installed" in out
+    assert "to do: pip install ai-edge-litert" in out
+    assert "summary: cannot classify yet" in out
+
+
 def test_edge_never_loads_tensorflow(model_dir: Path, astronaut_jpg: Path):
     """Import every module of ``edge`` and run classify the default way, in a fresh interpreter
     where TensorFlow *is* installed: none of tensorflow, keras, tf_keras may end up loaded."""
