@@ -64,7 +64,7 @@ def load_edgetpu_delegate(runtime: Any, device: str | None = None) -> Any:
                 f"{lib} is not installed ({_short(e)}); install a libedgetpu build that matches "
                 f"{runtime.name} {runtime.version} (see docs/edge.md)"
             )
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:  # ValueError from the Python wrapper; RuntimeError seen in old ones
             reason = f"{lib} loaded but found no Edge TPU ({_short(e)}); is the Coral plugged in and readable?"
     raise CoralUnavailable(reason)
 
