@@ -143,54 +143,13 @@ def _import_tf() -> Any:
     return tf
 
 
-# ---- model loading (export.load, with a plain-Keras fallback) -----------------------------
-
-@dataclass
-class _Loaded:
-    model: Any
-    source: Path
-    source_sha256: str
-    source_format: str
-    labels: list[str] | None = None
-    contract_hint: Contract | None = None
-    repairs: list[str] = field(default_factory=list)
-
+# ---- model loading --------------------------------------------------------------------------
 
 def _load(path: str | os.PathLike[str], **kw: Any) -> tuple[Any, Any, Any]:
-    """(loaded, input_geometry, output_kind) from :mod:`export.load`, or a bare Keras fallback
-    used only while that module is absent."""
-    try:
-        from export.load import input_geometry, load_model, output_kind
-    except ModuleNotFoundError as e:
-        if e.name not in ("export.load", "export.legacy"):
-            raise
-        return _fallback_load(path), _fallback_geometry, _fallback_output
+    """(LoadedModel, input_geometry, output_kind) from :mod:`export.load`."""
+    from export.load import input_geometry, load_model, output_kind
+
     return load_model(path, **kw), input_geometry, output_kind
-
-
-def _fallback_load(path: str | os.PathLike[str]) -> _Loaded:  # pragma: no cover - only without export.load
-    import keras
-
-    from edge.fsutil import sha256_file
-
-    p = Path(path)
-    if not p.is_file():
-        raise ExportError(f"model not found: {p}")
-    try:
-        m = keras.models.load_model(str(p), compile=False)
-    except Exception as e:
-        raise ExportError(f"cannot load {p.name}: {str(e).splitlines()[0][:200]}") from None
-    return _Loaded(m, p, sha256_file(p), "keras")
-
-
-def _fallback_geometry(model: Any) -> tuple[int, int, int]:  # pragma: no cover
-    shape = tuple(model.inputs[0].shape)[1:]
-    return (shape[0], shape[1], shape[2]) if len(shape) == 3 else (shape[0], shape[1], 1)
-
-
-def _fallback_output(model: Any) -> tuple[str, int]:  # pragma: no cover
-    act = getattr(getattr(model.layers[-1], "activation", None), "__name__", "linear")
-    return {"softmax": "softmax", "sigmoid": "sigmoid"}.get(act, "logits"), int(model.outputs[0].shape[-1])
 
 
 def _image_view(model: Any, hwc: tuple[int, int, int]) -> Any:

@@ -340,3 +340,32 @@ def test_bad_counts_and_name(tiny, tmp_path: Path, capsys):
     assert "--name '../x' is not a plain file name" in _run_bad([*base, "--name", "../x"], capsys)
     assert "model not found" in _run_bad([str(tmp_path / "none.keras"), *base[1:]], capsys)
     _assert_nothing_written(out)
+
+
+def test_mlp_on_28x28_with_npz_calibration(tmp_path: Path):
+    """An MNIST-style MLP whose input is (N, 28, 28) without a channel axis, calibrated from an
+    .npz: the exporter feeds it NHWC through a Reshape view; the TFLite input is (1, 28, 28, 1)."""
+    import keras
+
+    from export.api import export_model
+
+    keras.utils.set_random_seed(1)
+    mlp = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(16, activation="relu"),
+                            keras.layers.Dense(10)])  # logits
+    mlp.save(tmp_path / "mlp.keras")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (60, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "digits.npz", x_train=x[:40], y_train=np.arange(40) % 10, x_test=x[40:],
+             y_test=np.arange(20) % 10)
+    res = export_model(tmp_path / "mlp.keras", calibration=tmp_path / "digits.npz", out_dir=tmp_path / "o",
+                       samples=40, normalize="unit", labels=[str(i) for i in range(10)], progress=False)
+    c = res.contract
+    assert (c.input.height, c.input.width, c.input.channels) == (28, 28, 1) and c.output.activation == "logits"
+    assert res.report["heldout"]["n"] == 20 and res.report["heldout"]["labelled"] == 20
+    assert res.report["artifacts"]["mlp.onnx"]["metrics"]["agreement"] == 1.0
+    m8 = res.report["artifacts"]["mlp.int8.tflite"]["metrics"]
+    assert m8["max_abs_dp"] < 0.01 and m8["agreement"] >= 0.8  # near-uniform random logits: flips are ties
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(tmp_path / "o" / "mlp.int8.tflite"))
+    assert list(it.get_input_details()[0]["shape"]) == [1, 28, 28, 1]
