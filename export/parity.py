@@ -382,6 +382,12 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
             f"the candidates' contract {len(labels)} labels"
         )
     y = _label_mapping(images, labels)
+    classes = list(labels)
+    if len(labels) == 1:
+        # One sigmoid output: class 1 is the label, class 0 everything else (any other folder).
+        classes = [f"not {labels[0]}", labels[0]]
+        if y is not None:
+            y = (y == 0).astype(np.int64)
     n = len(images.images)
     log.info("parity: %d faces from %s, %d candidate(s)", n, cfg.data, len(cands))
 
@@ -429,14 +435,14 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
             )
         timings[c.path.name] = time.perf_counter() - t
         cand_probs.append(p)
-        sec = _candidate_section(cfg, c, p_ref, p, y, labels, images, fit, held)
+        sec = _candidate_section(cfg, c, p_ref, p, y, classes, images, fit, held)
         sec["notes"] = _contract_notes(ref_contract, c)
         results.append(sec)
     if cfg.footage:
         t = time.perf_counter()
         _footage_sections(cfg, model, ref_contract, cands, results)
         timings["footage"] = time.perf_counter() - t
-    ref_section = _reference_section(cfg, loaded, ref_probs[ref_keys[0]], y, labels, fit, held)
+    ref_section = _reference_section(cfg, loaded, ref_probs[ref_keys[0]], y, classes, fit, held)
     ref_section["contract"] = "own (beside the model)" if ref_contract is not None else "the candidates'"
 
     report = {
@@ -461,6 +467,7 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
             "margin": cfg.margin,
         },
         "labels": labels,
+        "classes": classes,
         "worst": cfg.worst,
         "timings_s": timings,
         "candidates": results,
@@ -474,7 +481,7 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
         report["elapsed_s"] = round(time.perf_counter() - t0, 2)
         t = time.perf_counter()
         write_report(report, out_dir, images=images, ref_probs=[ref_probs[k] for k in ref_keys], cands=cands,
-                     cand_probs=cand_probs, y=y, labels=labels)
+                     cand_probs=cand_probs, y=y, labels=classes)
         timings["report"] = time.perf_counter() - t
     report["elapsed_s"] = round(time.perf_counter() - t0, 2)
     for k in timings:
@@ -593,7 +600,7 @@ def _candidate_section(cfg, c: Candidate, p_ref, p, y, labels, images, fit, held
     margin = M.top2_margin(p_ref)
     idx = np.flatnonzero(ref_top != cand_top)
     idx = idx[np.argsort(-margin[idx], kind="stable")]
-    names = labels if len(labels) > 1 else ["not " + labels[0], labels[0]]
+    names = labels
     ids = list(getattr(images, "ids", []) or [])
     sec["disagreements"] = {
         "count": len(idx),
@@ -794,7 +801,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         out += ["## Per-class recall", "", "| class | reference | "
                 + " | ".join(f"`{c['name']}` (Δ)" for c in r["candidates"]) + " |",
                 "|---|---|" + "---|" * len(r["candidates"])]
-        for lab in r["labels"]:
+        for lab in r.get("classes", r["labels"]):
             cells = []
             for c in r["candidates"]:
                 pc = (c["per_class"] or {}).get(lab) or {}

@@ -239,6 +239,48 @@ def test_bad_missing_footage(tiny, tmp_path, capsys):
     assert "footage not found" in msg
 
 
+def test_sigmoid_binary_classifier(tmp_path, capsys):
+    """A single sigmoid output is a binary classifier with one label: every other folder is a negative."""
+    import keras
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge.preprocess import prepare_batch
+
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.3, (SIZE * SIZE, 1)).astype(np.float32)
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.layers[-1].set_weights([w, np.zeros(1, np.float32)])
+    model.save(tmp_path / "smile.keras")
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("Gemm", ["flat", "W"], ["z"]),
+         helper.make_node("Sigmoid", ["z"], ["p"])], "smile",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, SIZE, SIZE, 1])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1])], initializer=[numpy_helper.from_array(w, "W")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "smile.onnx")
+    spec = InputSpec(SIZE, SIZE, 1, "gray", resize="area", normalize=Normalize(1 / 127.5, -1.0))
+    embed(tmp_path / "smile.onnx", Contract("smile", ["smile"], spec, OutputSpec("sigmoid", 1.0)))
+    imgs = _images(rng, 40)
+    z = prepare_batch(imgs, spec).reshape(40, -1) @ w[:, 0]
+    for i, (img, zi) in enumerate(zip(imgs, z, strict=True)):
+        d = tmp_path / "data" / ("smile" if zi > 0 else "other")
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f"{i}.png"), img)
+    rep = tmp_path / "rep"
+    rc, _, err = _parity(capsys, "--reference", str(tmp_path / "smile.keras"), "--candidate",
+                         str(tmp_path / "smile.onnx"), "--data", str(tmp_path / "data"), "--report", str(rep))
+    assert rc == 0, err
+    r = json.loads((rep / "report.json").read_text())
+    c = r["candidates"][0]
+    assert r["classes"] == ["not smile", "smile"]
+    assert c["agreement"] == 1.0 and r["reference"]["accuracy"] == 1.0
+    assert set(c["per_class"]) == {"not smile", "smile"}
+    assert c["per_class"]["smile"]["n"] == int((z > 0).sum())
+
+
 # ---- bad input: one line, exit 2 ----------------------------------------------------------------
 
 def _bad(capsys, *args: str) -> str:
