@@ -239,6 +239,22 @@ def test_bad_missing_footage(tiny, tmp_path, capsys):
     assert "footage not found" in msg
 
 
+def test_tiny_npz_test_split(tiny, tmp_path, capsys):
+    """Arrays with x_test/y_test: --split test picks them; labels are output indices."""
+    rng = np.random.default_rng(5)
+    x = np.stack(_images(rng, 24))
+    y = rng.integers(0, len(LABELS), 24)
+    npz = tmp_path / "faces.npz"
+    np.savez(npz, x_train=x[:4], y_train=y[:4], x_test=x, y_test=y)
+    rep = tmp_path / "rep"
+    rc, _, err = _parity(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
+                         "--data", str(npz), "--split", "test", "--report", str(rep))
+    assert rc == 0, err
+    r = json.loads((rep / "report.json").read_text())
+    assert r["data"]["n"] == 24 and r["data"]["split"] == "test" and r["data"]["labelled"]
+    assert sum(v["n"] for v in r["candidates"][0]["per_class"].values()) == 24
+
+
 def test_sigmoid_binary_classifier(tmp_path, capsys):
     """A single sigmoid output is a binary classifier with one label: every other folder is a negative."""
     import keras
