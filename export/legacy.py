@@ -82,15 +82,30 @@ def find_lambdas(cfg: Any) -> list[str]:
     return found
 
 
+def is_channels_first(cfg: Any) -> bool:
+    """Whether any layer of the config works on channels-first (Theano-era) feature maps."""
+    if isinstance(cfg, dict):
+        if cfg.get("data_format") == "channels_first":
+            return True
+        return any(is_channels_first(v) for v in cfg.values())
+    if isinstance(cfg, list):
+        return any(is_channels_first(v) for v in cfg)
+    return False
+
+
 def translate_model_config(cfg: dict[str, Any], repairs: Repairs) -> dict[str, Any]:
     """Rewrite a Keras 1/2-era model config (``model_config`` attr or ``to_json()``) into one
-    Keras 3's ``deserialize_keras_object`` accepts. Returns a new dict; ``cfg`` is untouched."""
+    Keras 3's ``deserialize_keras_object`` accepts. Returns a new dict; ``cfg`` is untouched.
+
+    A channels-first model (Keras 2 on Theano) is turned channels-last, because TensorFlow's CPU
+    kernels, TFLite and the Edge TPU all want NHWC; the caller must then permute the first
+    Dense after each Flatten (:func:`assign_weights` with ``channels_first=True``)."""
     if not isinstance(cfg, dict) or "class_name" not in cfg or "config" not in cfg:
         raise ExportError("architecture is not a Keras model config (expected {'class_name': ..., 'config': ...})")
-    return _translate_model(copy.deepcopy(cfg), repairs)
+    return _translate_model(copy.deepcopy(cfg), repairs, is_channels_first(cfg))
 
 
-def _translate_model(node: dict[str, Any], repairs: Repairs) -> dict[str, Any]:
+def _translate_model(node: dict[str, Any], repairs: Repairs, cf: bool) -> dict[str, Any]:
     cls = node.get("class_name")
     conf = node.get("config")
     if cls == "Model":
@@ -100,7 +115,7 @@ def _translate_model(node: dict[str, Any], repairs: Repairs) -> dict[str, Any]:
         if isinstance(conf, list):
             conf = {"name": "sequential", "layers": conf}
             repairs.note("list-style Sequential config (Keras 2.0/2.1) converted to a dict")
-        layers = [_translate_layer(layer, repairs, in_sequential=True) for layer in conf.get("layers", [])]
+        layers = [_translate_layer(layer, repairs, in_sequential=True, cf=cf) for layer in conf.get("layers", [])]
         if layers and layers[0].get("class_name") != "InputLayer":
             first_conf = layers[0].get("config", {})
             shape = first_conf.pop("_feredge_batch_shape", None)
@@ -119,7 +134,8 @@ def _translate_model(node: dict[str, Any], repairs: Repairs) -> dict[str, Any]:
     elif node["class_name"] == "Functional":
         conf["layers"] = [_translate_tf_op(layer, repairs) for layer in conf.get("layers", [])]
         _shift_nested_node_indices(conf, repairs)
-        conf["layers"] = [_translate_layer(layer, repairs, in_sequential=False) for layer in conf.get("layers", [])]
+        conf["layers"] = [_translate_layer(layer, repairs, in_sequential=False, cf=cf)
+                          for layer in conf.get("layers", [])]
         for layer in conf["layers"]:
             layer.get("config", {}).pop("_feredge_batch_shape", None)
         for key in ("input_layers", "output_layers"):
@@ -235,11 +251,15 @@ def _clean_model_conf(conf: dict[str, Any]) -> None:
             conf.pop(key)
 
 
-def _translate_layer(node: dict[str, Any], repairs: Repairs, *, in_sequential: bool) -> dict[str, Any]:
+# Layers whose meaning depends on the axis order in ways a config edit cannot fix.
+_AXIS_BOUND = {"Reshape", "Permute", "Lambda", "RepeatVector", "Cropping1D", "Conv1D", "LocallyConnected2D"}
+
+
+def _translate_layer(node: dict[str, Any], repairs: Repairs, *, in_sequential: bool, cf: bool) -> dict[str, Any]:
     cls = node.get("class_name")
     if cls in _MODEL_CLASSES:
         kept = {k: node[k] for k in ("name", "inbound_nodes") if k in node}
-        node = _translate_model(node, repairs)
+        node = _translate_model(node, repairs, cf)
         node.update(kept)
         repairs.note("nested model translated", node["config"].get("name"))
         return node
@@ -252,6 +272,8 @@ def _translate_layer(node: dict[str, Any], repairs: Repairs, *, in_sequential: b
 
     # Input shapes: Keras 3 wants an InputLayer with batch_shape.
     shape = conf.pop("batch_input_shape", None)
+    if cf:
+        shape = _to_channels_last(cls, conf, shape, lname, repairs)
     if cls == "InputLayer":
         if shape is not None:
             conf["batch_shape"] = shape
@@ -290,6 +312,29 @@ def _translate_layer(node: dict[str, Any], repairs: Repairs, *, in_sequential: b
 
     _drop_unknown_kwargs(cls, conf, lname, repairs)
     return node
+
+
+def _to_channels_last(cls: str | None, conf: dict[str, Any], shape: Any, lname: str, repairs: Repairs) -> Any:
+    if cls in _AXIS_BOUND:
+        raise ExportError(f"channels-first model: layer '{lname}' ({cls}) cannot be turned channels-last "
+                          "automatically; rebuild the model channels-last with a builder "
+                          "(--architecture builder.py:function) and load these weights")
+    if conf.get("data_format") == "channels_first":
+        conf["data_format"] = "channels_last"
+        repairs.note("channels-first (Theano-era) layers turned channels-last", lname)
+    if cls in ("BatchNormalization", "Concatenate") and conf.get("axis") in (1, [1]):
+        conf["axis"] = -1
+        repairs.note("channel axis 1 -> -1 for channels-last", lname)
+    if isinstance(shape, list) and len(shape) == 4:
+        repairs.note("channels-first input shape (N,C,H,W) -> (N,H,W,C)", lname)
+        return [shape[0], shape[2], shape[3], shape[1]]
+    if "input_shape" in conf and isinstance(conf["input_shape"], list) and len(conf["input_shape"]) == 3:
+        c, h, w = conf["input_shape"]
+        conf["input_shape"] = [h, w, c]
+    if isinstance(conf.get("batch_shape"), list) and len(conf["batch_shape"]) == 4:
+        n, c, h, w = conf["batch_shape"]
+        conf["batch_shape"] = [n, h, w, c]
+    return shape
 
 
 def _float32_policy(dtype: Any, lname: str, repairs: Repairs) -> Any:
@@ -445,20 +490,24 @@ def is_keras1_weights(weights: dict[str, list[tuple[str, np.ndarray]]], attrs: A
 
 
 @dataclass
-class Keras1Options:
-    """How Keras 1.x weights were laid out. Theano did true convolution (kernels flipped)
-    and both Theano and 'th' dim ordering flatten feature maps channels-first."""
+class WeightLayout:
+    """How the stored weights differ from what a channels-last Keras 3 model wants. Theano did
+    true convolution (kernels flipped); Keras 1 'th' ordering stored kernels (out, in, kh, kw);
+    channels-first models flattened feature maps in (C, H, W) order."""
 
-    enabled: bool = False
-    flip_kernels: bool = False
-    channels_first: bool = False
+    enabled: bool = False  # Keras 1 kernel layout: (out, in, kh, kw) transposed
+    flip_kernels: bool = False  # Keras 1 + Theano: kernels flipped in space
+    channels_first: bool = False  # first Dense after each Flatten: rows (C,H,W) -> (H,W,C)
+    # Keras 2 on Theano: kernels already (kh, kw, in, out) but convolved by Theano, so flipped in
+    # space, as Keras 2's own loader did for Conv1D/2D/3D/Conv2DTranspose (convert_kernel).
+    flip_keras2_conv: bool = False
 
 
 def assign_weights(model: Any, weights: OrderedDict[str, list[tuple[str, np.ndarray]]], repairs: Repairs,
-                   keras1: Keras1Options | None = None) -> None:
+                   keras1: WeightLayout | None = None) -> None:
     """Copy arrays into ``model`` layer by layer, by name; by order when the names do not
     match at all (builder models with auto-generated names). Every shape is checked."""
-    keras1 = keras1 or Keras1Options()
+    keras1 = keras1 or WeightLayout()
     targets = [layer for layer in model.layers if layer.weights]
     file_layers = [(n, a) for n, a in weights.items() if a]
     by_name = {layer.name: layer for layer in targets}
@@ -480,7 +529,7 @@ def assign_weights(model: Any, weights: OrderedDict[str, list[tuple[str, np.ndar
             f"architecture lacks, and {len(file_layers)} layers with weights vs {len(targets)} in the architecture")
     for layer, fname, arrays in pairs:
         _assign_layer(layer, fname, arrays, repairs, keras1)
-    if keras1.enabled and keras1.channels_first:
+    if keras1.channels_first:
         _permute_dense_after_flatten(model, repairs)
 
 
@@ -491,7 +540,7 @@ def _is_model(layer: Any) -> bool:
 
 
 def _assign_layer(layer: Any, fname: str, arrays: list[tuple[str, np.ndarray]], repairs: Repairs,
-                  keras1: Keras1Options) -> None:
+                  keras1: WeightLayout) -> None:
     if _is_model(layer):
         _assign_nested(layer, fname, arrays, repairs, keras1)
         return
@@ -508,12 +557,20 @@ def _assign_layer(layer: Any, fname: str, arrays: list[tuple[str, np.ndarray]], 
     values = []
     for var, (wn, arr) in zip(variables, arrays, strict=True):
         arr = _convert_keras1(layer, var, arr, repairs, keras1) if keras1.enabled else arr
+        is_kernel = var.name.split("/")[-1] == "kernel"
+        if keras1.flip_keras2_conv and is_kernel and type(layer).__name__ in _KERAS2_FLIPPED:
+            arr = np.ascontiguousarray(arr[(slice(None, None, -1),) * (arr.ndim - 2)])
+            repairs.note("Keras 2 Theano kernels flipped in space (Theano convolves, TensorFlow correlates)",
+                         layer.name)
         if tuple(arr.shape) != tuple(var.shape):
             raise ExportError(f"architecture and weights do not match at layer '{layer.name}': "
                               f"{var.name} has shape {tuple(var.shape)}, the file's '{wn}' has {tuple(arr.shape)}")
         values.append(arr)
     for var, arr in zip(variables, values, strict=True):
         var.assign(arr.astype(var.dtype) if str(arr.dtype) != str(var.dtype) else arr)
+
+
+_KERAS2_FLIPPED = {"Conv1D", "Conv2D", "Conv3D", "Conv2DTranspose"}
 
 
 def _leaf_layers(model: Any) -> list[Any]:
@@ -527,7 +584,7 @@ def _leaf_layers(model: Any) -> list[Any]:
 
 
 def _assign_nested(model: Any, fname: str, arrays: list[tuple[str, np.ndarray]], repairs: Repairs,
-                   keras1: Keras1Options) -> None:
+                   keras1: WeightLayout) -> None:
     """A nested model is one entry in ``layer_names``; its weight names carry the inner
     layer's name (``dense_1/kernel:0``). Group by that name; else use Keras 2's order
     (all trainable weights, then all non-trainable)."""
@@ -556,7 +613,7 @@ def _assign_nested(model: Any, fname: str, arrays: list[tuple[str, np.ndarray]],
     repairs.note("nested model weights assigned in Keras 2 order", model.name)
 
 
-def _convert_keras1(layer: Any, var: Any, arr: np.ndarray, repairs: Repairs, keras1: Keras1Options) -> np.ndarray:
+def _convert_keras1(layer: Any, var: Any, arr: np.ndarray, repairs: Repairs, keras1: WeightLayout) -> np.ndarray:
     """Keras 1 'th' kernels are (out, in, kh, kw); Keras 3 wants (kh, kw, in, out). Theano
     convolved (flipped) where TensorFlow correlates, so its kernels are flipped in space."""
     if arr.ndim != 4 or var.shape is None or len(var.shape) != 4:
@@ -597,7 +654,7 @@ def _permute_dense_after_flatten(model: Any, repairs: Repairs) -> None:
             if rows == h * w * c:
                 k = np.asarray(kernel.numpy()).reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(rows, -1)
                 kernel.assign(k)
-                repairs.note("Keras 1 channels-first Dense rows permuted (C,H,W) -> (H,W,C) after Flatten",
+                repairs.note("channels-first Dense rows permuted (C,H,W) -> (H,W,C) after Flatten",
                              layer.name)
             pending = None
 

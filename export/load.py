@@ -25,11 +25,12 @@ from edge.errors import ContractError
 from edge.fsutil import sha256_file
 from export.errors import ExportError
 from export.legacy import (
-    Keras1Options,
     Repairs,
+    WeightLayout,
     assign_weights,
     build_from_config,
     find_lambdas,
+    is_channels_first,
     is_keras1_weights,
     read_h5_weights,
     translate_model_config,
@@ -116,8 +117,12 @@ def input_geometry(model: Any) -> tuple[int, int, int]:
         return int(dims[0]), int(dims[1]), int(dims[2])
     if len(dims) == 2 and all(isinstance(d, int) and d > 1 for d in dims):
         return int(dims[0]), int(dims[1]), 1
+    hint = ""
+    if len(dims) == 3 and dims[0] in (1, 3) and dims[2] not in (1, 3):
+        hint = ("; it looks channels-first (N, C, H, W): rebuild the model channels-last with a builder "
+                "(--architecture builder.py:function) and load these weights")
     raise ExportError(f"model input {_fmt_shape(shape)} is not an image tensor "
-                      "(expected (N, H, W, 1|3) or (N, H, W) grey with fixed H and W)")
+                      f"(expected (N, H, W, 1|3) or (N, H, W) grey with fixed H and W){hint}")
 
 
 def output_kind(model: Any) -> tuple[str, int]:
@@ -355,8 +360,9 @@ def _load_h5_open(h5: Any, src: Path, architecture: str | None, keras1_theano: b
         weights = read_h5_weights(weights_group)
         keras1 = _keras1_options(attrs, weights, keras1_theano)
         kind = "full model"
+        channels_first = False
         if architecture:
-            model, arch_fmt = _model_from_architecture(architecture, trust_model, repairs)
+            model, arch_fmt, channels_first = _model_from_architecture(architecture, trust_model, repairs)
             kind = f"full model, architecture from {arch_fmt}"
         elif keras1 is not None:
             raise ExportError(f"{src.name} is a Keras {version or '1.x'} full model; Keras 1 layer configs are not "
@@ -364,30 +370,34 @@ def _load_h5_open(h5: Any, src: Path, architecture: str | None, keras1_theano: b
                               "(its weights are read from this file)")
         else:
             _refuse_lambdas(cfg, src, trust_model)
+            channels_first = is_channels_first(cfg)
             model = build_from_config(translate_model_config(cfg, repairs), trust_model=trust_model)
-        assign_weights(model, weights, repairs, keras1)
         if keras1 is not None:
+            assign_weights(model, weights, repairs, keras1)
             return model, f"keras 1.x full model ({_keras1_how(keras1, attrs)}), architecture from {arch_fmt}", labels
+        layout = _keras2_layout(h5, weights_group, channels_first)
+        assign_weights(model, weights, repairs, layout)
         name = "tf.keras" if version and "tf" in version else "keras"
-        return model, f"{name} {version or '2.x'} h5 ({kind})", labels
+        return model, f"{name} {version or '2.x'} h5 ({kind}{_layout_note(layout)})", labels
     if "layer_names" in attrs:
         if not architecture:
             raise ExportError(f"{src} holds weights only; pass --architecture (a Keras architecture JSON or "
                               "path/to/builder.py:function)")
         weights = read_h5_weights(h5)
-        model, arch_fmt = _model_from_architecture(architecture, trust_model, repairs)
+        model, arch_fmt, channels_first = _model_from_architecture(architecture, trust_model, repairs)
         keras1 = _keras1_options(attrs, weights, keras1_theano)
         if keras1 is not None:
             assign_weights(model, weights, repairs, keras1)
             return model, f"keras 1.x weights ({_keras1_how(keras1, attrs)}) + {arch_fmt}", labels
-        assign_weights(model, weights, repairs)
-        return model, f"keras {version or '2.x'} h5 weights + {arch_fmt}", labels
+        layout = _keras2_layout(h5, h5, channels_first)
+        assign_weights(model, weights, repairs, layout)
+        return model, f"keras {version or '2.x'} h5 weights + {arch_fmt}{_layout_note(layout)}", labels
     if "vars" in h5 or "layers" in h5 or "_layer_checkpoint_dependencies" in h5:
         # Keras 3 ``.weights.h5``: Keras 3 reads its own format.
         if not architecture:
             raise ExportError(f"{src} holds Keras 3 weights only; pass --architecture "
                               "(path/to/builder.py:function or a Keras architecture JSON)")
-        model, arch_fmt = _model_from_architecture(architecture, trust_model, repairs)
+        model, arch_fmt, _ = _model_from_architecture(architecture, trust_model, repairs)
         try:
             model.load_weights(src)
         except Exception as e:
@@ -397,18 +407,31 @@ def _load_h5_open(h5: Any, src: Path, architecture: str | None, keras1_theano: b
                       "(no model_config or layer_names attribute)")
 
 
-def _keras1_options(attrs: Any, weights: Any, keras1_theano: bool) -> Keras1Options | None:
+def _keras1_options(attrs: Any, weights: Any, keras1_theano: bool) -> WeightLayout | None:
     """Keras 1 layout, from --keras1-theano or what the file says (version, backend, ordering)."""
     if not (keras1_theano or is_keras1_weights(weights, attrs)):
         return None
     backend = (_attr_str(attrs, "backend") or "").lower()
     ordering = (_attr_str(attrs, "image_dim_ordering") or _attr_str(attrs, "image_data_format") or "").lower()
     theano = keras1_theano or backend == "theano"
-    return Keras1Options(enabled=True, flip_kernels=theano,
+    return WeightLayout(enabled=True, flip_kernels=theano,
                          channels_first=theano or ordering in ("th", "channels_first"))
 
 
-def _keras1_how(opts: Keras1Options, attrs: Any) -> str:
+def _keras2_layout(h5: Any, weights_group: Any, channels_first: bool) -> WeightLayout:
+    """Keras 2 files from the Theano backend hold kernels Theano convolved with (flip them);
+    a channels-first architecture was turned channels-last (permute Dense after Flatten)."""
+    backend = (_attr_str(h5.attrs, "backend") or _attr_str(weights_group.attrs, "backend") or "").lower()
+    return WeightLayout(enabled=False, channels_first=channels_first, flip_keras2_conv=backend == "theano")
+
+
+def _layout_note(layout: WeightLayout) -> str:
+    parts = (["theano"] if layout.flip_keras2_conv else []) + (["channels-first -> channels-last"]
+                                                                if layout.channels_first else [])
+    return f", {', '.join(parts)}" if parts else ""
+
+
+def _keras1_how(opts: WeightLayout, attrs: Any) -> str:
     if opts.flip_kernels:
         return "theano"
     ordering = (_attr_str(attrs, "image_dim_ordering") or "").lower()
@@ -470,16 +493,18 @@ def _check_lambda_bytecode(cfg: Any, lambdas: list[str]) -> None:
 
 # ---- architecture (JSON or builder) ------------------------------------------------------------------
 
-def _model_from_architecture(architecture: str, trust_model: bool, repairs: Repairs) -> tuple[Any, str]:
+def _model_from_architecture(architecture: str, trust_model: bool, repairs: Repairs) -> tuple[Any, str, bool]:
+    """(model, description, whether the architecture was channels-first and turned channels-last)."""
     import keras
 
     arch = architecture.strip()
     if arch.startswith("{"):
         cfg = _parse_arch_json(arch, "--architecture")
-        return _model_from_json_cfg(cfg, "--architecture", trust_model, repairs), "json architecture"
+        return (_model_from_json_cfg(cfg, "--architecture", trust_model, repairs), "json architecture",
+                is_channels_first(cfg))
     path_part, _, func = arch.rpartition(":")
     if path_part.endswith(".py") and func:
-        return _model_from_builder(Path(path_part), func, keras), f"builder {Path(path_part).name}:{func}"
+        return _model_from_builder(Path(path_part), func, keras), f"builder {Path(path_part).name}:{func}", False
     p = Path(arch)
     if arch.endswith(".py"):
         raise ExportError(f"--architecture {arch}: say which function builds the model (path/to/builder.py:function)")
@@ -490,7 +515,7 @@ def _model_from_architecture(architecture: str, trust_model: bool, repairs: Repa
     except (OSError, UnicodeDecodeError) as e:
         raise ExportError(f"cannot read architecture {p}: {e}") from None
     cfg = _parse_arch_json(text, str(p))
-    return _model_from_json_cfg(cfg, p.name, trust_model, repairs), "json architecture"
+    return _model_from_json_cfg(cfg, p.name, trust_model, repairs), "json architecture", is_channels_first(cfg)
 
 
 def _parse_arch_json(text: str, where: str) -> Any:

@@ -406,14 +406,10 @@ def _theano_reference(x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(ys, dtype="float32")
 
 
-def write_keras1_theano(d: Path, *, with_attrs: bool = True) -> Case:
-    """A Keras 1.x Theano weights file (``conv1_1_W`` names, (out,in,kh,kw) kernels), written
-    with h5py in Keras 1's layout. ``with_attrs=False`` leaves out the backend attribute so
-    only ``--keras1-theano`` can say where the weights came from."""
-    import h5py
-
+def _theano_weights() -> dict[str, np.ndarray]:
+    """Weights of the small Theano-era model, in Theano's (out, in, kh, kw) kernel layout."""
     rng = np.random.default_rng(7)
-    w = {
+    return {
         "conv1_1_W": rng.normal(0, 0.5, (3, 1, 3, 3)).astype("float32"),
         "conv1_1_b": rng.uniform(0.2, 0.6, (3,)).astype("float32"),  # positive: keep the ReLUs alive
         "conv1_2_W": rng.normal(0, 0.5, (2, 3, 3, 3)).astype("float32"),
@@ -421,6 +417,64 @@ def write_keras1_theano(d: Path, *, with_attrs: bool = True) -> Case:
         "fc_W": rng.normal(0, 0.5, (2 * 4 * 4, 4)).astype("float32"),
         "fc_b": rng.normal(0, 0.1, (4,)).astype("float32"),
     }
+
+
+def write_keras2_theano_cf(d: Path) -> Case:
+    """A Keras 2.0.x full model trained on Theano with channels_first data_format, as Keras 2
+    wrote it: list-style Sequential config, kernels in Keras 2's (kh, kw, in, out) layout
+    (which Theano convolved with, i.e. flipped), backend 'theano' in the attributes."""
+    import h5py
+
+    w = _theano_weights()
+    conv = {"kernel_size": [3, 3], "strides": [1, 1], "padding": "valid", "data_format": "channels_first",
+            "dilation_rate": [1, 1], "activation": "relu", "use_bias": True, "trainable": True,
+            "kernel_initializer": {"class_name": "VarianceScaling",
+                                   "config": {"scale": 1.0, "mode": "fan_avg", "distribution": "uniform",
+                                              "seed": None}},
+            "bias_initializer": {"class_name": "Zeros", "config": {}}, "kernel_regularizer": None,
+            "bias_regularizer": None, "activity_regularizer": None, "kernel_constraint": None,
+            "bias_constraint": None}
+    config = [
+        {"class_name": "Conv2D", "config": {**conv, "name": "conv1_1", "filters": 3,
+                                            "batch_input_shape": [None, 1, 8, 8], "dtype": "float32"}},
+        {"class_name": "Conv2D", "config": {**conv, "name": "conv1_2", "filters": 2}},
+        {"class_name": "Flatten", "config": {"name": "flatten", "trainable": True}},
+        {"class_name": "Dense", "config": {"name": "fc", "units": 4, "activation": "softmax", "use_bias": True,
+                                           "trainable": True}},
+    ]
+    path = d / "keras2_theano_cf.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["keras_version"] = b"2.0.8"
+        f.attrs["backend"] = b"theano"
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": config}).encode()
+        g = f.create_group("model_weights")
+        names = ["conv1_1", "conv1_2", "flatten", "fc"]
+        g.attrs["layer_names"] = np.array([n.encode() for n in names])
+        g.attrs["backend"] = b"theano"
+        g.attrs["keras_version"] = b"2.0.8"
+        for n in names:
+            lg = g.create_group(n)
+            if n == "flatten":
+                lg.attrs["weight_names"] = np.array([], dtype="S1")
+                continue
+            kernel = w[f"{n}_W"]
+            if kernel.ndim == 4:
+                kernel = kernel.transpose(2, 3, 1, 0)  # Keras 2 layout (kh, kw, in, out)
+            wn = [f"{n}/kernel:0", f"{n}/bias:0"]
+            lg.attrs["weight_names"] = np.array([x.encode() for x in wn])
+            lg[wn[0]] = kernel
+            lg[wn[1]] = w[f"{n}_b"]
+    x = _x((8, 8, 1))
+    return Case("keras2-theano-channels-first", path, x, _theano_reference(x, w))
+
+
+def write_keras1_theano(d: Path, *, with_attrs: bool = True) -> Case:
+    """A Keras 1.x Theano weights file (``conv1_1_W`` names, (out,in,kh,kw) kernels), written
+    with h5py in Keras 1's layout. ``with_attrs=False`` leaves out the backend attribute so
+    only ``--keras1-theano`` can say where the weights came from."""
+    import h5py
+
+    w = _theano_weights()
     name = "keras1_th.h5" if with_attrs else "keras1_noattrs.h5"
     with h5py.File(d / name, "w") as f:
         layers = ["input_1", "conv1_1", "conv1_2", "flatten", "fc"]
@@ -443,7 +497,7 @@ def write_keras1_theano(d: Path, *, with_attrs: bool = True) -> Case:
 WRITERS = [write_weights_json, write_nested, write_lambda, write_seq_no_input, write_list_sequential,
            write_dtype_initializers, write_depthwise_groups, write_mixed_precision, write_fer_cnn_builder,
            write_mnist_mlp, write_mobilenet_rgb, write_keras1_theano, write_slicing_op, write_tf_keras_savedmodel,
-           write_lambda_savedmodel]
+           write_lambda_savedmodel, write_keras2_theano_cf]
 
 
 def write_all(d: Path) -> dict[str, Case]:

@@ -82,6 +82,8 @@ def _load_case(case, **kw) -> LoadedModel:
     ("mobilenetv2-rgb-128", "h5 (full model)", "node indices of nested models"),
     ("keras1-theano", "keras 1.x weights (theano)", "Theano kernels flipped"),
     ("keras1-theano-flag", "keras 1.x weights (theano)", "Dense rows permuted"),
+    ("keras2-theano-channels-first", "keras 2.0.8 h5 (full model, theano, channels-first -> channels-last)",
+     "Keras 2 Theano kernels flipped"),
     ("tf-keras-savedmodel", "tf.keras savedmodel (rebuilt as Keras 3)", "rebuilt from its Keras config"),
 ])
 def test_legacy_file_gives_original_outputs(legacy, name, fmt, repair):
