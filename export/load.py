@@ -85,7 +85,10 @@ def load_model(path: str | os.PathLike[str], *, architecture: str | None = None,
             raise ExportError(f"{src} is not a valid .keras file (not a zip archive: damaged or truncated?)")
         else:
             model, fmt, labels = _load_h5(src, architecture, keras1_theano, trust_model, repairs)
-    input_geometry(model)  # refuse non-image models here, with the file's name at hand
+    try:
+        input_geometry(model)  # refuse non-image models here, with the file's name at hand
+    except ExportError as e:
+        raise ExportError(f"{src.name}: {e}") from None
     return LoadedModel(model=model, source=src, source_sha256=digest, source_format=fmt, labels=labels,
                        contract_hint=_contract_beside(src), repairs=repairs.lines(),
                        normalize_hint="raw" if _rescales_own_input(model) else None)

@@ -342,7 +342,7 @@ def _bad_cases(bad: Path, legacy) -> list[tuple[str, Path, dict, str]]:
          r"builder fer_builder\.py:broken\(\) failed: RuntimeError: cannot build"),
         ("architecture json missing", wj.path, {"architecture": str(bad / "none.json")},
          r"architecture file not found"),
-        ("input not an image", bad / "vector.h5", {}, r"model input \(None, 10\) is not an image tensor"),
+        ("input not an image", bad / "vector.h5", {}, r"vector\.h5: model input \(None, 10\) is not an image tensor"),
         ("lambda without trust", legacy["lambda"].path, {}, r"contains Lambda layer 'scale'"),
         ("tf op without Keras 3 equivalent", legacy["slicing-op"].path, {},
          r"layer 'tf.__operators__.getitem' is a TensorFlow op wrapped by tf.keras .*\(--architecture"),
