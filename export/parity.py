@@ -282,7 +282,15 @@ def run_tflite(cand: Candidate, x: np.ndarray, progress: bool = False) -> np.nda
 
     from edge.model import Classifier
 
-    clf = Classifier(cand.path, backend="auto", device="cpu", contract=cand.contract)
+    # An Edge TPU-compiled model only runs with the delegate (a Coral stick on this machine).
+    device = "coral" if "edgetpu" in cand.path.name else "cpu"
+    try:
+        clf = Classifier(cand.path, backend="auto", device=device, contract=cand.contract)
+    except FeredgeError:
+        raise
+    except Exception as e:  # a flatbuffer LiteRT rejects, an unresolved custom op
+        first = (str(e).splitlines() or [""])[0]
+        raise ExportError(f"LiteRT cannot load {cand.path}: {type(e).__name__}: {first}") from None
     out = np.empty((len(x), len(cand.contract.labels) if len(cand.contract.labels) > 1 else 1), np.float32)
     for i in tqdm(range(len(x)), desc=cand.path.name, unit="face", disable=not progress, file=sys.stderr,
                   leave=False):

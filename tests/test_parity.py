@@ -354,6 +354,18 @@ def test_bad_corrupt_candidate(tiny, tmp_path, capsys):
     assert "junk.onnx" in msg
 
 
+def test_bad_truncated_tflite(tiny, tmp_path, capsys):
+    d = tmp_path / "t"
+    d.mkdir()
+    data = tiny["tflite"].read_bytes()
+    c = extract(tiny["tflite"])
+    cut = d / "cut.tflite"
+    cut.write_bytes(data[: len(data) // 3])
+    embed(cut, c)  # a contract is present, the flatbuffer is not whole
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(cut), "--data", str(tiny["data"]))
+    assert "cut.tflite" in msg
+
+
 def test_bad_missing_data(tiny, tmp_path, capsys):
     msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
                "--data", str(tmp_path / "nodata"))
