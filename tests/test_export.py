@@ -369,3 +369,23 @@ def test_mlp_on_28x28_with_npz_calibration(tmp_path: Path):
 
     it = Interpreter(model_path=str(tmp_path / "o" / "mlp.int8.tflite"))
     assert list(it.get_input_details()[0]["shape"]) == [1, 28, 28, 1]
+
+
+def test_cli_subprocess_output_is_clean(tiny, tmp_path: Path):
+    """End to end in a fresh process: TensorFlow's C++ log lines (oneDNN, absl, MLIR) must not
+    reach the user; only our own log records and the summary do."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "FEREDGE_TF_LOGS")}
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "export", str(tiny["rgb"]), "--calibration",
+                        str(tiny["data"]), "--samples", "20", "--normalize", "unit", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Exported rgb32 to" in r.stdout and "rgb32.int8.tflite" in r.stdout
+    noise = [ln for ln in r.stderr.splitlines()
+             if any(s in ln for s in ("I0000", "W0000", "E0000", "absl::", "oneDNN", "cuda", "fully_quantize"))]
+    assert not noise, noise
+    assert "assuming the FER2013 CSV order" in r.stderr  # our own warnings still get through
