@@ -149,23 +149,22 @@ _PASS_THROUGH = {"Dropout", "Reshape", "Flatten", "InputLayer", "Identity", "Act
                  "GaussianNoise", "GaussianDropout", "AlphaDropout", "SpatialDropout2D"}
 
 
-def _activation_of(model: Any) -> str:
+def _activation_of(model: Any, top: Any = None) -> str:
     import keras
 
-    layers = [layer for layer in model.layers]
-    for layer in reversed(layers):
+    top = model if top is None else top
+    for layer in reversed(list(model.layers)):
         cls = type(layer).__name__
         if isinstance(layer, keras.Model):
-            return _activation_of(layer)
-        if cls == "TFSMLayer":
-            return _savedmodel_activation(model)
+            return _activation_of(layer, top)
         if cls in _PASS_THROUGH:
             continue
         if cls == "Softmax":
             return "softmax"
         act = getattr(layer, "activation", None)
         if act is None:
-            return "logits"
+            # TFSMLayer, Lambda, pooling after a softmax conv...: the layers don't say; the numbers do.
+            return _probe_activation(top)
         name = getattr(act, "__name__", str(act)).lower()
         if "softmax" in name:
             return "softmax"
@@ -175,9 +174,10 @@ def _activation_of(model: Any) -> str:
     return "logits"
 
 
-def _savedmodel_activation(model: Any) -> str:
-    """A SavedModel's graph hides its layers, so probe it: rows that are probabilities summing
-    to 1 on random inputs come from a softmax, values all inside (0, 1) from a sigmoid."""
+def _probe_activation(model: Any) -> str:
+    """When the last layer does not name its activation (a SavedModel's graph, a Lambda), probe:
+    rows that are probabilities summing to 1 on random inputs come from a softmax, values all
+    inside (0, 1) from a sigmoid; anything else is logits."""
     import numpy as np
 
     shape = tuple(model.inputs[0].shape[1:])

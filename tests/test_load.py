@@ -280,6 +280,9 @@ def test_output_kind_variants():
     assert output_kind(mk(keras.layers.Dense(1, activation="sigmoid"))) == ("sigmoid", 1)
     assert output_kind(mk(keras.layers.Dense(4))) == ("logits", 4)
     assert output_kind(mk(keras.layers.Dense(4), keras.layers.Softmax(), keras.layers.Dropout(0.1))) == ("softmax", 4)
+    # The last layer does not name an activation: the outputs are probed.
+    assert output_kind(mk(keras.layers.Dense(4), keras.layers.Lambda(keras.ops.softmax))) == ("softmax", 4)
+    assert output_kind(mk(keras.layers.Dense(4), keras.layers.Lambda(lambda t: t * 3.0))) == ("logits", 4)
     assert input_geometry(mk(keras.layers.Dense(4))) == (8, 8, 1)
     inp = keras.Input((32, 32, 3))
     assert input_geometry(keras.Model(inp, keras.layers.GlobalAveragePooling2D()(inp))) == (32, 32, 3)
