@@ -387,7 +387,8 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
     calib = source.sample(samples, seed, progress=progress)
     x_cal = prepare_batch(calib.images, spec)
     ph.done("calibration_data")
-    held = cal.read_heldout(calibration, calib, n=eval_samples, seed=seed, usage=usage, source=source)
+    held = cal.read_heldout(calibration, calib, n=eval_samples, seed=seed, usage=usage, source=source,
+                            progress=progress)
     if held is calib:
         warnings.append("no held-out images: agreement is measured on the calibration sample")
     x_held = prepare_batch(held.images, spec)

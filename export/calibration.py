@@ -288,7 +288,8 @@ def read_source(path: str | os.PathLike[str], part: str = "train", usage: str | 
 
 
 def read_heldout(path: str | os.PathLike[str], calibration: ImageSet, *, n: int | None = None, seed: int = 0,
-                 usage: str | None = None, source: ImageSet | None = None, disjoint_n: int = 1000) -> ImageSet:
+                 usage: str | None = None, source: ImageSet | None = None, disjoint_n: int = 1000,
+                 progress: bool = False) -> ImageSet:
     """Held-out data for the export report: the source's test part, else a sample disjoint
     from the calibration sample (so the report never scores the data the scales were fit on)."""
     try:
@@ -297,8 +298,8 @@ def read_heldout(path: str | os.PathLike[str], calibration: ImageSet, *, n: int 
         test = None
     if test is not None:
         if n is not None and n < len(test.ids):
-            return test.sample(n, seed)
-        return test.load(progress=False)
+            return test.sample(n, seed, progress=progress)
+        return test.load(progress=progress)
     base = source if source is not None else read_source(path, "train", usage=usage, progress=False)
     used = set(calibration.ids) | set(calibration.skipped_ids)
     remaining = sum(1 for i in base.ids if i not in used)

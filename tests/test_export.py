@@ -389,3 +389,33 @@ def test_cli_subprocess_output_is_clean(tiny, tmp_path: Path):
              if any(s in ln for s in ("I0000", "W0000", "E0000", "absl::", "oneDNN", "cuda", "fully_quantize"))]
     assert not noise, noise
     assert "assuming the FER2013 CSV order" in r.stderr  # our own warnings still get through
+
+
+def test_edgetpu_compiler_run_and_rename(tiny, tmp_path: Path, monkeypatch):
+    """The real edgetpu_compiler only comes from Google's apt repository (unreachable here), so a
+    THIN FAKE stands in: it writes ``<stem>_edgetpu.tflite`` as the real one does. What is tested
+    is our side: the call, the rename to ``<name>_edgetpu.tflite``, its contract and sidecar hash."""
+    import os
+    import stat
+
+    from export.api import export_model
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "edgetpu_compiler"
+    fake.write_text('#!/bin/sh\n# fake: args -s -o OUTDIR MODEL\nout="$3"; m="$4"; b=$(basename "$m" .tflite)\n'
+                    'cp "$m" "$out/${b}_edgetpu.tflite"\necho "Edge TPU Compiler version 16.0 (fake)"\n'
+                    'echo "log" > "$out/${b}_edgetpu.log"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    res = export_model(tiny["binary"], calibration=tiny["data"], out_dir=tmp_path / "o", samples=30,
+                       normalize="unit", labels="smile", progress=False, edgetpu=True, name="smile")
+    e = res.report["edgetpu"]
+    assert e["compiled"] == "smile_edgetpu.tflite" and "version 16.0" in e["compiler_log"]
+    out = tmp_path / "o"
+    assert (out / "smile_edgetpu.tflite").is_file() and not list(out.glob("*.log"))
+    c = Contract.load(out / "smile.json")
+    assert c.artifacts["smile_edgetpu.tflite"]["sha256"] == sha256_file(out / "smile_edgetpu.tflite")
+    emb = extract(out / "smile_edgetpu.tflite")
+    assert emb is not None and emb.labels == ["smile"] and set(emb.quantization) == {"smile_edgetpu.tflite"}
+    assert res.report["artifacts"]["smile_edgetpu.tflite"]["kind"] == "tflite-edgetpu"
