@@ -22,11 +22,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("export.cli_parity", "check exported artifacts against the desktop model"),
     "classify": ("edge.cli_classify", "find faces in images, video or a camera and classify their expressions"),
     "doctor": ("edge.doctor", "check this device: interpreter, cascade, cameras, Coral, model"),
+    "train": ("export.train", "train the default FER2013 model (the recipe behind models/)"),
     "run": ("edge.daemon", "run as a service: cameras -> expressions -> JSON lines, MQTT, Prometheus"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; only the chosen command's module is imported (start-up time on a Pi
+    matters, and workstation commands must not pull TensorFlow into ``--help``)."""
     parser = argparse.ArgumentParser(
         prog="feredge",
         description="Facial-expression recognition at the edge.",
@@ -34,7 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"feredge {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    words = sys.argv[1:] if argv is None else argv
+    chosen = next((w for w in words if not w.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():
+        if name != chosen:
+            sub.add_parser(name, help=help_text)
+            continue
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
         mod.add_arguments(p)
@@ -51,7 +59,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
