@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -374,6 +375,8 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
     for f in cfg.footage:
         if not Path(f).is_file():
             raise ExportError(f"footage not found: {f}")
+    if cfg.report_dir:
+        _check_report_dir(Path(cfg.report_dir))
     timings: dict[str, float] = {}
     t = time.perf_counter()
     images, part = _read_data(cfg)
@@ -487,14 +490,14 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
     if cfg.report_dir:
         out_dir = Path(cfg.report_dir)
         report["elapsed_s"] = round(time.perf_counter() - t0, 2)
+        report["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
         t = time.perf_counter()
         write_report(report, out_dir, images=images, ref_probs=[ref_probs[k] for k in ref_keys], cands=cands,
                      cand_probs=cand_probs, y=y, labels=classes)
         timings["report"] = time.perf_counter() - t
     report["elapsed_s"] = round(time.perf_counter() - t0, 2)
-    for k in timings:
-        timings[k] = round(timings[k], 2)
-    log.debug("parity timings: %s", timings)
+    report["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    log.debug("parity timings: %s", report["timings_s"])
     return ParityResult(report, report["passed"], out_dir, failures)
 
 
@@ -713,6 +716,15 @@ def _fmt_pct(v: float | None) -> str:
 
 def _fmt_pp(v: float | None) -> str:
     return "—" if v is None else f"{v * 100:+.2f} pp"
+
+
+def _check_report_dir(out_dir: Path) -> None:
+    """Refuse an unusable report folder before spending a minute on inference."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"cannot write the report to {out_dir}: it is a file, not a folder")
+    parent = out_dir if out_dir.exists() else next((p for p in out_dir.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write the report to {out_dir}: {parent} is not writable")
 
 
 def write_report(report: dict[str, Any], out_dir: Path, *, images, ref_probs, cands, cand_probs, y, labels) -> None:
