@@ -55,7 +55,8 @@ def progress_bar(total: int, desc: str, enabled: bool, unit: str = "img"):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (CI logs, journald)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True, disable=None)
 
 
 def as_opencv(image: np.ndarray) -> np.ndarray | None:
