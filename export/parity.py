@@ -181,7 +181,8 @@ def _load_reference(cfg: ParityConfig):
 def _check_reference_input(model, spec: InputSpec, ref_path: str, cand: Candidate) -> None:
     shape = tuple(model.inputs[0].shape)[1:] if getattr(model, "inputs", None) else tuple(model.input_shape)[1:]
     want = (spec.height, spec.width, spec.channels)
-    if tuple(shape) != want:
+    # A free (None) spatial dimension accepts whatever the contract asks for.
+    if len(shape) != 3 or any(s is not None and int(s) != w for s, w in zip(shape, want, strict=True)):
         raise ExportError(
             f"reference {ref_path} takes input {'x'.join(map(str, shape))} but candidate {cand.path.name}'s "
             f"contract says {'x'.join(map(str, want))}: they do not come from the same model"

@@ -430,6 +430,15 @@ def test_bad_contract_of_another_model(tiny, tmp_path, capsys):
     assert "other.onnx" in msg and "contract" in msg
 
 
+def test_bad_reference_input_differs_from_contract(tiny, tmp_path, capsys):
+    ref = tmp_path / "ref.keras"  # no contract beside it: it is fed the candidate's preparation
+    shutil.copy(tiny["keras"], ref)
+    spec = InputSpec(SIZE * 2, SIZE * 2, 1, "gray", resize="area", normalize=Normalize(1 / 127.5, -1.0))
+    cand = _recontract(tiny["broken"], tmp_path / "other.onnx", input=spec)
+    msg = _bad(capsys, "--reference", str(ref), "--candidate", str(cand), "--data", str(tiny["data"]))
+    assert "takes input 8x8x1" in msg and "16x16x1" in msg
+
+
 def test_bad_report_dir_is_a_file(tiny, tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("x")
