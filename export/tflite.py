@@ -160,9 +160,17 @@ def verify_int8(data: bytes, what: str = "int8 TFLite") -> FlatbufferInfo:
                 f"{what}: tensor '{t.name}' of {where(t)} has a dynamic shape {t.shape_signature}; "
                 "expected static shapes (batch 1)"
             )
-        if t.type in _FLOAT_TYPES:
+        if t.type in _FLOAT_TYPES and not t.constant:
+            users = [op for op in info.ops if t.index in op.inputs and op.name not in ("QUANTIZE", "DEQUANTIZE")]
+            maker = producer.get(t.index)
+            if users and (maker is None or maker.name == "DEQUANTIZE"):
+                u = users[0]
+                raise ExportError(f"{what}: op #{u.index} {u.name} has no int8 kernel and was left in {t.type} "
+                                  f"(tensor '{t.name}'); replace that layer or export without it")
             raise ExportError(f"{what}: {where(t)} leaves tensor '{t.name}' in {t.type}; the model is not "
                               "fully integer (that op could not be quantised)")
+        if t.type in _FLOAT_TYPES:
+            raise ExportError(f"{what}: constant tensor '{t.name}' is {t.type}; the model is not fully integer")
         if t.type not in _ALLOWED_TYPES:
             raise ExportError(f"{what}: tensor '{t.name}' of {where(t)} is {t.type}, expected int8")
     for op in info.ops:

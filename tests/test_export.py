@@ -419,3 +419,22 @@ def test_edgetpu_compiler_run_and_rename(tiny, tmp_path: Path, monkeypatch):
     emb = extract(out / "smile_edgetpu.tflite")
     assert emb is not None and emb.labels == ["smile"] and set(emb.quantization) == {"smile_edgetpu.tflite"}
     assert res.report["artifacts"]["smile_edgetpu.tflite"]["kind"] == "tflite-edgetpu"
+
+
+def test_op_without_int8_kernel_is_named():
+    """The converter keeps an op it cannot quantise in float behind a DEQUANTIZE; the export must
+    fail and name that op, not the DEQUANTIZE."""
+    import keras
+
+    from export.tflite import convert_int8
+
+    class SortChannels(keras.layers.Layer):
+        def call(self, t):
+            return keras.ops.sort(t, axis=-1)
+
+    inp = keras.Input((8, 8, 1))
+    y = SortChannels()(keras.layers.Conv2D(2, 3)(inp))
+    m = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(y)))
+    x = np.random.default_rng(0).random((10, 8, 8, 1)).astype(np.float32)
+    with pytest.raises(ExportError, match=r"int8 TFLite: op #\d+ (?!DEQUANTIZE)\w+ has no int8 kernel"):
+        convert_int8(m, x)
