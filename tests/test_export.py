@@ -438,3 +438,26 @@ def test_op_without_int8_kernel_is_named():
     x = np.random.default_rng(0).random((10, 8, 8, 1)).astype(np.float32)
     with pytest.raises(ExportError, match=r"int8 TFLite: op #\d+ (?!DEQUANTIZE)\w+ has no int8 kernel"):
         convert_int8(m, x)
+
+
+def test_kaggle_csv_calibration_and_publictest_heldout(tiny, tmp_path: Path):
+    """The original fer2013.csv layout: calibration from Training rows, the report's held-out
+    check on PublicTest rows, labels in the CSV's own (FER2013) order."""
+    import csv
+
+    from export.api import export_model
+
+    p = tmp_path / "fer2013.csv"
+    with open(p, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["emotion", "pixels", "Usage"])
+        for i in range(70):
+            usage = "Training" if i < 42 else ("PublicTest" if i < 56 else "PrivateTest")
+            w.writerow([i % 7, " ".join(map(str, _face(i).reshape(-1).tolist())), usage])
+    res = export_model(tiny["rgb"], calibration=p, out_dir=tmp_path / "o", samples=500, normalize="unit",
+                       progress=False)
+    r = res.report
+    assert r["calibration"]["samples"] == 42 and "Training" in r["calibration"]["description"]
+    assert r["heldout"]["n"] == 14 and "PublicTest" in r["heldout"]["description"]
+    assert r["heldout"]["labelled"] == 14
+    assert r["artifacts"]["rgb32.onnx"]["metrics"]["agreement"] == 1.0
