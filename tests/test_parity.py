@@ -546,6 +546,29 @@ def test_fer_wrong_normalisation_fails(fer_parity, fer2013_dir, tmp_path, capsys
     assert any("normalize" in n for n in cand["notes"])
 
 
+@pytest.mark.shared
+@pytest.mark.slow
+def test_fer_export_calibrated_with_wrong_normalisation_fails(fer_parity, fer_h5, fer2013_dir, tmp_path, capsys):
+    """The issue's own example: the same model exported (and calibrated) with --normalize unit,
+    checked against the correct desktop export, must fail — and the report must say why."""
+    bad = tmp_path / "bad"
+    rc = main(["export", str(fer_h5), "--calibration", str(fer2013_dir), "--normalize", "unit", "--samples", "50",
+               "--labels", "angry,disgust,fear,happy,sad,surprise,neutral", "--name", "wrongnorm", "--quiet",
+               "--out", str(bad)])
+    assert rc == 0
+    capsys.readouterr()
+    out, name = fer_parity["out"], fer_parity["name"]
+    rep = tmp_path / "rep"
+    rc, _, err = _parity(capsys, "--reference", str(out / f"{name}.keras"), "--candidate",
+                         str(bad / "wrongnorm.int8.tflite"), "--data", str(fer2013_dir / "test"), "--samples", "400",
+                         "--min-agreement", "0.95", "--report", str(rep))
+    assert rc == 1, err
+    assert "wrongnorm.int8.tflite" in err
+    c = json.loads((rep / "report.json").read_text())["candidates"][0]
+    assert c["agreement"] < 0.95 and not c["passed"]
+    assert any("normalize" in n for n in c["notes"])
+
+
 # ---- the shipped default model against its own artifacts, default thresholds ---------------------
 
 ROOT = Path(__file__).resolve().parents[1]
