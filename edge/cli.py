@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("edge.doctor", "check this device: interpreter, cascade, cameras, Coral, model"),
     "train": ("export.train", "train the default FER2013 model (the recipe behind models/)"),
     "run": ("edge.daemon", "run as a service: cameras -> expressions -> JSON lines, MQTT, Prometheus"),
+    "bundle": ("export.bundle", "build an offline install bundle (wheels, model, service) for a Raspberry Pi"),
 }
 
 
