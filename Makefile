@@ -28,3 +28,13 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .cache out reports .pytest_cache
+
+# Raspberry Pi bundle (docs/flash-a-pi.md): make bundle TARGET=rpi-trixie-arm64 MODEL=out/fer
+.PHONY: bundle verify-pi
+TARGET ?= rpi-trixie-arm64
+bundle: venv
+	$(VENV)/bin/feredge bundle --target $(TARGET) $(if $(MODEL),--model $(MODEL)) --out out/bundle-$(TARGET)
+
+# The bundle installed and run on emulated arm64 (also part of `make test`; this runs it alone).
+verify-pi: venv
+	$(PY) -m pytest -q -m qemu tests/test_qemu_arm64.py
