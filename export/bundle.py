@@ -182,6 +182,7 @@ def build_feredge_wheel(dest: Path) -> Path:
         r = _pip(args, "wheel")
         wheels = list(Path(tmp).glob("feredge-*.whl"))
         if r.returncode != 0 or len(wheels) != 1:
+            _check_network(r, "build the feredge wheel (build isolation fetches setuptools)")
             raise ExportError(f"could not build the feredge wheel: {_last_error(r.stderr)}")
         out = dest / wheels[0].name
         shutil.move(wheels[0], out)
@@ -195,7 +196,18 @@ def _last_error(stderr: str) -> str:
     return (errors or lines or ["(no output)"])[-1]
 
 
+NETWORK_RE = re.compile(r"NewConnectionError|Temporary failure in name resolution|Network is unreachable|"
+                        r"Failed to establish a new connection|ProxyError|ConnectTimeout")
 MISSING_RE = re.compile(r"No matching distribution found for ([A-Za-z0-9_.\-]+(?:\[[^\]]*\])?[^\s]*)")
+
+UNAVAILABLE_RE = re.compile(r"no matching distributions available for your environment:\s*\n((?:[ \t]+\S+[ \t]*\n)+)")
+CONFLICT_RE = re.compile(r"The conflict is caused by:\s*\n((?:[ \t]+\S.*\n)+)")
+
+
+def _check_network(r: subprocess.CompletedProcess, what: str) -> None:
+    if NETWORK_RE.search(r.stderr):
+        raise ExportError(f"cannot reach the package index to {what} (feredge bundle needs PyPI; "
+                          f"the Pi does not): {_last_error(r.stderr)}")
 
 
 def download_wheels(target: Target, feredge_wheel: Path, dest: Path, extra: list[str] | None = None,
@@ -217,11 +229,21 @@ def download_wheels(target: Target, feredge_wheel: Path, dest: Path, extra: list
         r = _pip([*args, f"{feredge_wheel}[edge]", "pip", *(extra or [])], "download")
     if r.returncode == 0:
         return
+    _check_network(r, f"resolve wheels for {target.name}")
+    where = (f"for {target.name} (CPython {target.python}, aarch64, "
+             f"manylinux up to {target.glibc[0]}_{target.glibc[1]})")
     m = MISSING_RE.search(r.stderr)
     if m:
-        raise ExportError(
-            f"no wheel of {m.group(1)} for {target.name} (CPython {target.python}, aarch64, "
-            f"manylinux up to {target.glibc[0]}_{target.glibc[1]}); pip said: {_last_error(r.stderr)}")
+        raise ExportError(f"no wheel of {m.group(1)} {where}; pip said: {_last_error(r.stderr)}")
+    text = r.stdout + "\n" + r.stderr  # pip explains conflicts on stdout
+    m = CONFLICT_RE.search(text)
+    causes = "; ".join(line.strip() for line in m.group(1).splitlines() if line.strip()) if m else ""
+    m = UNAVAILABLE_RE.search(text)  # a missing wheel behind a pin surfaces as a conflict
+    if m:
+        names = ", ".join(m.group(1).split())
+        raise ExportError(f"no wheel of {names} {where} that satisfies: {causes or ', '.join(target.constraints)}")
+    if causes:
+        raise ExportError(f"conflicting requirements {where}: {causes}")
     raise ExportError(f"pip download for {target.name} failed: {_last_error(r.stderr)}")
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -177,6 +179,14 @@ def test_missing_wheel_is_named_and_nothing_is_left(tmp_path, capsys, edge_tiny_
     assert list(tmp_path.iterdir()) == []  # no bundle, no staging folder
 
 
+def test_numpy2_on_bookworm_is_refused_naming_the_pin(tmp_path, capsys, edge_tiny_model):
+    rc, err = _cli(capsys, "--target", "rpi-bookworm-arm64", "--model", str(edge_tiny_model),
+                   "--extra", "numpy>=2", "--out", str(tmp_path / "b"))
+    assert rc == 2, err
+    assert "no wheel of numpy for rpi-bookworm-arm64" in err and "numpy<2" in err and "numpy>=2" in err
+    assert len(err.strip().splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
 def test_out_that_is_not_a_bundle_is_not_replaced(tmp_path, capsys, edge_tiny_model):
     out = tmp_path / "photos"
     out.mkdir()
@@ -224,8 +234,8 @@ def test_install_refuses_the_wrong_python(bookworm_bundle, tmp_path):
     """This machine's Python is x86_64: the aarch64 bundle must say so, not half-install."""
     root = tmp_path / "root"
     root.mkdir()
-    r = _install(bookworm_bundle, root, FEREDGE_PYTHON=shutil.which("python3"))
+    r = _install(bookworm_bundle, root, FEREDGE_PYTHON=sys.executable)
     assert r.returncode == 2
-    assert "this bundle is for rpi-bookworm-arm64 (Python 3.11, aarch64) but" in r.stderr
-    assert "x86_64" in r.stderr or "aarch64" not in r.stderr.split(" but ")[1]
+    here = f"Python {sys.version_info[0]}.{sys.version_info[1]} on {platform.machine()}"
+    assert f"this bundle is for rpi-bookworm-arm64 (Python 3.11, aarch64) but {sys.executable} is {here}" in r.stderr
     assert list(root.iterdir()) == []
