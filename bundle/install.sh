@@ -32,7 +32,8 @@ cd "$BUNDLE"
 if ! bad="$(sha256sum --check --strict --quiet SHA256SUMS 2>&1)"; then
   die "checksum mismatch, nothing was changed: $(echo "$bad" | head -n 3 | tr '\n' ' ')(copy the bundle again)"
 fi
-extra="$(find . -type f ! -name SHA256SUMS ! -path './.*' -printf '%P\n' | sort \
+# (dot files are ignored: macOS leaves ._* and .DS_Store on FAT cards; pip skips them: their names match no package)
+extra="$(find . -type f ! -name SHA256SUMS ! -name '.*' -printf '%P\n' | sort \
          | comm -23 - <(awk '{print $2}' SHA256SUMS | sort) | head -n 3 | tr '\n' ' ')"
 [ -z "$extra" ] || die "files not listed in SHA256SUMS, nothing was changed: $extra"
 

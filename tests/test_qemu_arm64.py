@@ -1,4 +1,5 @@
 """The Bookworm bundle installed and run on arm64 — emulated, since no Pi is attached here.
+(`make verify-pi` also runs the Trixie bundle the same way.)
 
 - an arm64 Debian Bookworm root (python3, python3-venv) made with ``mmdebstrap --variant=extract``;
 - ``qemu-aarch64`` 10 taken from a Debian Trixie root made the same way (Bookworm's qemu-user 7.2
@@ -12,7 +13,7 @@
 Not covered (needs a real Pi): systemd as PID 1 (sysusers, enable --now, watchdog), the camera
 (libcamera/picamera2 from apt), a Coral, and the cloud-init first boot itself.
 
-Both roots are cached under .cache/qemu-arm64/ (~90 MB; qemu alone is kept from the Trixie root).
+The roots are cached under .cache/qemu-arm64/ (~90 MB each; only qemu is kept from the amd64 Trixie root).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import pytest
 from conftest import CACHE, need
 
-from export.bundle import build_bundle, tree_hash
+from export.bundle import TARGETS, build_bundle, tree_hash
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -69,12 +70,31 @@ def qemu() -> Path:
     return exe
 
 
+# Trixie is the same check on the other target; it adds ~2 min, so only `make verify-pi` runs it.
+ALL_TARGETS = os.environ.get("FEREDGE_QEMU_TARGETS") == "all"
+
+
+@pytest.fixture(scope="module", params=[
+    "rpi-bookworm-arm64",
+    pytest.param("rpi-trixie-arm64", marks=pytest.mark.skipif(
+        not ALL_TARGETS, reason="Trixie under emulation: make verify-pi (FEREDGE_QEMU_TARGETS=all)")),
+])
+def target(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def bookworm_root(qemu) -> Path:
-    root = QCACHE / "bookworm-arm64"
+def sysroot(qemu, target) -> Path:
+    """An arm64 Debian root of the target's release with python3 and python3-venv, nothing booted."""
+    suite = TARGETS[target].debian
+    root = QCACHE / f"{suite}-arm64"
     if not (root / "usr" / "bin" / "python3").exists():
-        _mmdebstrap(root, ["--architectures=arm64", "--include=python3,python3-venv,libstdc++6", "bookworm"])
-        os.replace(root.with_name(root.name + ".partial"), root)
+        _mmdebstrap(root, ["--architectures=arm64", "--include=python3,python3-venv,libstdc++6", suite])
+        partial = root.with_name(root.name + ".partial")
+        for d in ("bin", "sbin", "lib"):  # merged /usr (Trixie): the extract variant leaves out the links
+            if not (partial / d).exists() and (partial / "usr" / d).is_dir():
+                (partial / d).symlink_to(f"usr/{d}")
+        os.replace(partial, root)
     return root
 
 
@@ -95,18 +115,18 @@ def model_dir(fer_export) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory, qemu, bookworm_root, model_dir):
+def installed(tmp_path_factory, qemu, sysroot, target, model_dir):
     """Bundle → install.sh (emulated arm64 Python, temp root) → second install.sh."""
     t0 = time.monotonic()
     base = tmp_path_factory.mktemp("pi")
     bundle = base / "bundle"
-    build_bundle("rpi-bookworm-arm64", bundle, model=model_dir, pip_cache=CACHE / "pip")
+    build_bundle(target, bundle, model=model_dir, pip_cache=CACHE / "pip")
     t_bundle = time.monotonic() - t0
     root = base / "root"
     root.mkdir()
     env = {**os.environ, "FEREDGE_ROOT": str(root), "FEREDGE_NO_SYSTEMD": "1",
-           "FEREDGE_PYTHON": str(bookworm_root / "usr" / "bin" / "python3"),
-           "FEREDGE_EXEC": f"{qemu} -L {bookworm_root}"}
+           "FEREDGE_PYTHON": str(sysroot / "usr" / "bin" / "python3"),
+           "FEREDGE_EXEC": f"{qemu} -L {sysroot}"}
 
     def install() -> tuple[subprocess.CompletedProcess, float]:
         t = time.monotonic()
@@ -119,19 +139,24 @@ def installed(tmp_path_factory, qemu, bookworm_root, model_dir):
     h1 = tree_hash(root)
     second, t_second = install()
     h2 = tree_hash(root)
-    print(f"\nbundle {t_bundle:.1f} s, emulated install {t_first:.1f} s, second install {t_second:.1f} s")
+    print(f"\n{target}: bundle {t_bundle:.1f} s, emulated install {t_first:.1f} s, second install {t_second:.1f} s")
     return {"bundle": bundle, "root": root, "env": env, "first": first, "second": second, "h1": h1, "h2": h2,
-            "qemu": qemu, "sysroot": bookworm_root, "install": install}
+            "qemu": qemu, "sysroot": sysroot, "install": install, "target": TARGETS[target]}
 
 
 def test_install_makes_the_venv_and_doctor_is_ready(installed):
     root = installed["root"]
     out = installed["first"].stdout
-    assert "created /opt/feredge/venv" in out and "installing wheels for rpi-bookworm-arm64 (offline)" in out
+    t = installed["target"]
+    assert "created /opt/feredge/venv" in out and f"installing wheels for {t.name} (offline)" in out
     cfg = (root / "opt" / "feredge" / "venv" / "pyvenv.cfg").read_text()
     assert "include-system-site-packages = true" in cfg
-    site = root / "opt" / "feredge" / "venv" / "lib" / "python3.11" / "site-packages"
-    assert any(site.glob("numpy-1.*.dist-info")) and any(site.glob("opencv_python_headless-4.11.0.86.dist-info"))
+    site = root / "opt" / "feredge" / "venv" / "lib" / f"python{t.python}" / "site-packages"
+    if t.debian == "bookworm":  # the picamera2 pins
+        assert any(site.glob("numpy-1.*.dist-info")) and any(site.glob("opencv_python_headless-4.11.0.86.dist-info"))
+    else:
+        assert any(site.glob("numpy-2.*.dist-info"))
+    assert any(site.glob("ai_edge_litert-*.dist-info")) and any(site.glob("feredge-*.dist-info"))
     assert (root / "etc" / "feredge" / "config.toml").is_file()
     assert (root / "etc" / "systemd" / "system" / "feredge.service").is_file()
     assert (root / "etc" / "sysusers.d" / "feredge.conf").is_file()
@@ -154,7 +179,7 @@ def test_classify_a_real_face_on_emulated_arm64(installed, astronaut_png, model_
                        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     took = time.monotonic() - t
     assert r.returncode == 0, r.stderr[-3000:]
-    print(f"\nemulated arm64 classify: {took:.1f} s wall")
+    print(f"\nemulated arm64 classify ({installed['target'].name}): {took:.1f} s wall")
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(result["faces"]) == 1, result
     face = result["faces"][0]
@@ -177,9 +202,14 @@ def test_upgrade_keeps_the_users_config(installed):
     mine = cfg.read_text().replace('min_score = 0.0', 'min_score = 0.4', 1)
     assert mine != cfg.read_text()
     cfg.write_text(mine)
+    # A new bundle differs in its lock or feredge wheel: forget the installed one's, so the wheel
+    # step (pip from its wheel, forced reinstall of feredge) runs again on the existing venv.
+    (root / "opt" / "feredge" / "installed.sha256").unlink()
     r, _ = installed["install"]()
     assert cfg.read_text() == mine
     assert "kept your /etc/feredge/config.toml" in r.stdout
+    assert "installing wheels" in r.stdout and "created /opt/feredge/venv" not in r.stdout
+    assert "summary: ready" in r.stdout, r.stdout[-2000:]
     assert (root / "etc" / "feredge" / "config.toml.bundle").read_text() == \
         (installed["bundle"] / "config" / "config.toml").read_text()
 
