@@ -472,24 +472,23 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
 
         # 7. held-out check ---------------------------------------------------------------
         ph.start(f"scoring artifacts on {len(x_held)} held-out faces")
-        p_ref = runners.probs(runners.keras_runner(view), x_held, contract)
+        p_ref = runners.probs(runners.run_keras(view, x_held), contract)
         ph.done("evaluate_keras")
-        try:
-            tfl_run = runners.tflite_runner(f_tfl, contract)
-        except FeredgeError as e:
-            raise ExportError(f"the int8 TFLite does not load on the device runtime ({e}); the calibration "
-                              "sample may be too uniform for sane int8 ranges: give more varied images") from None
-        scored = {
-            f_tfl.name: tfl_run,
-            f_onnx.name: runners.onnx_runner(f_onnx),
-            f_qonnx.name: runners.onnx_runner(f_qonnx),
-        }
         artifacts: dict[str, dict[str, Any]] = {}
-        for fname, run in scored.items():
-            p = runners.probs(run, x_held, contract)
-            artifacts[fname] = {"metrics": compare(p_ref, p),
-                                "accuracy": accuracy(p, y_held) if y_held is not None else None}
-            ph.done(f"evaluate_{fname.removeprefix(name + '.').replace('.', '_')}")
+        for f in (f_tfl, f_onnx, f_qonnx):
+            if f is f_tfl:
+                try:
+                    raw = runners.run_tflite(f, contract, x_held)
+                except FeredgeError as e:
+                    raise ExportError(f"the int8 TFLite does not load on the device runtime ({e}); the calibration "
+                                      "sample may be too uniform for sane int8 ranges: give more varied images"
+                                      ) from None
+            else:
+                raw = runners.run_onnx(f, contract, x_held)
+            p = runners.probs(raw, contract)
+            artifacts[f.name] = {"metrics": compare(p_ref, p),
+                                 "accuracy": accuracy(p, y_held) if y_held is not None else None}
+            ph.done(f"evaluate_{f.name.removeprefix(name + '.').replace('.', '_')}")
 
         # 8. sidecar, report, publish -------------------------------------------------------
         op_lists = {f_tfl.name: fb.op_summary(), f_onnx.name: onnx_ops, f_qonnx.name: qonnx_ops}

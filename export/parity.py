@@ -22,7 +22,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,11 @@ import numpy as np
 from edge.contract import Contract, InputSpec, resolve
 from edge.errors import FeredgeError
 from edge.fsutil import publish, staging_dir
-from edge.preprocess import dequantize, prepare, probabilities, quantize
+from edge.preprocess import prepare, probabilities
 from export import metrics as M
 from export.errors import ExportError
+from export.runners import run_keras as run_reference
+from export.runners import run_onnx, run_tflite
 
 log = logging.getLogger(__name__)
 
@@ -189,122 +190,12 @@ def _check_reference_input(model, spec: InputSpec, ref_path: str, cand: Candidat
         )
 
 
-def run_reference(model, x: np.ndarray, batch_size: int = 256, progress: bool = False, desc: str = "") -> np.ndarray:
-    """Raw outputs of the Keras model on a prepared batch.
-
-    One traced graph (``tf.function``) called on fixed-size chunks — the last one padded so the
-    graph is traced once — costs about half the CPU of eager calls or ``predict``; that matters
-    on a 2-core workstation shared with the candidates' runtimes.
-    """
-    import tensorflow as tf
-    from tqdm import tqdm
-
-    n = len(x)
-    if n == 0:
-        return np.zeros((0, 1), np.float32)
-    bs = max(1, min(batch_size, n))
-
-    def call(t):
-        y = model(t, training=False)
-        return y[0] if isinstance(y, (list, tuple)) else y
-
-    fn = tf.function(call)
-    outs = []
-    with warnings.catch_warnings():
-        # Keras 3 warns when a model built with a named input list gets a bare tensor; harmless.
-        warnings.filterwarnings("ignore", message="The structure of `inputs`")
-        for i in tqdm(range(0, n, bs), desc=desc or "reference", unit="batch", disable=not progress,
-                      file=sys.stderr, leave=False):
-            xb = x[i:i + bs]
-            k = len(xb)
-            if k < bs:
-                xb = np.concatenate([xb, np.zeros((bs - k, *xb.shape[1:]), xb.dtype)])
-            outs.append(np.asarray(fn(tf.constant(xb)), dtype=np.float32)[:k])
-    return np.concatenate(outs).reshape(n, -1)
-
-
-def run_onnx(cand: Candidate, x: np.ndarray, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-    """Raw outputs of an ONNX artifact via onnxruntime. A static batch of 1 (what the exporter
-    writes for the device) is run face by face; a free batch dimension in chunks."""
-    import onnx
-    import onnxruntime as ort
-    from tqdm import tqdm
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        dims = onnx.load(str(cand.path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-        static_one = len(dims) > 0 and dims[0].HasField("dim_value") and dims[0].dim_value == 1
-    except Exception:
-        static_one = False
-    if static_one:
-        # One face per call: thread-pool hand-offs cost more than the work (measured: 2x the CPU).
-        opts.intra_op_num_threads = 1
-    try:
-        sess = ort.InferenceSession(str(cand.path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        first = (str(e).splitlines() or [""])[0]
-        raise ExportError(f"onnxruntime cannot load {cand.path}: {type(e).__name__}: {first}") from None
-    inp = sess.get_inputs()[0]
-    out_name = sess.get_outputs()[0].name
-    shape = list(inp.shape)
-    spec = cand.contract.input
-    nchw = len(shape) == 4 and shape[1] == spec.channels and shape[3] != spec.channels
-    want = [spec.channels, spec.height, spec.width] if nchw else [spec.height, spec.width, spec.channels]
-    got = shape[1:]
-    if len(got) != 3 or any(isinstance(g, int) and g != w for g, w in zip(got, want, strict=True)):
-        raise ExportError(
-            f"candidate {cand.path.name} takes input {shape} but its contract says "
-            f"{spec.height}x{spec.width}x{spec.channels}: the contract belongs to another model"
-        )
-    if nchw:
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    q = cand.contract.quant_for(cand.path.name)
-    integer_in = inp.type in ("tensor(int8)", "tensor(uint8)")
-    step = batch_size if not isinstance(shape[0], int) or shape[0] != 1 else 1
-    outs = []
-    with tqdm(total=len(x), desc=cand.path.name, unit="face", disable=not progress, file=sys.stderr,
-              leave=False) as bar:
-        for i in range(0, len(x), step):
-            xb = x[i:i + step]
-            if integer_in:
-                xb = quantize(xb, q["input"])
-            y = sess.run([out_name], {inp.name: xb})[0]
-            if y.dtype != np.float32 and "output" in q:
-                y = dequantize(y, q["output"])
-            outs.append(np.asarray(y, np.float32).reshape(len(xb), -1))
-            bar.update(len(xb))
-    return np.concatenate(outs)
-
-
-def run_tflite(cand: Candidate, x: np.ndarray, progress: bool = False) -> np.ndarray:
-    """Probabilities of a TFLite artifact through the device's own Classifier, one face at a
-    time (quantisation of inputs and outputs included), exactly as on a Pi."""
-    from tqdm import tqdm
-
-    from edge.model import Classifier
-
-    # An Edge TPU-compiled model only runs with the delegate (a Coral stick on this machine).
-    device = "coral" if "edgetpu" in cand.path.name else "cpu"
-    try:
-        clf = Classifier(cand.path, backend="auto", device=device, contract=cand.contract)
-    except FeredgeError:
-        raise
-    except Exception as e:  # a flatbuffer LiteRT rejects, an unresolved custom op
-        first = (str(e).splitlines() or [""])[0]
-        raise ExportError(f"LiteRT cannot load {cand.path}: {type(e).__name__}: {first}") from None
-    out = np.empty((len(x), len(cand.contract.labels) if len(cand.contract.labels) > 1 else 1), np.float32)
-    for i in tqdm(range(len(x)), desc=cand.path.name, unit="face", disable=not progress, file=sys.stderr,
-                  leave=False):
-        out[i] = np.asarray(clf.predict_prepared(x[i]), np.float32).reshape(-1)
-    return out
-
-
 def candidate_probs(c: Candidate, x: np.ndarray, batch_size: int = 256, progress: bool = False) -> np.ndarray:
     """Probabilities of a candidate on prepared inputs, as the device would report them."""
     if c.format == "tflite":
-        return run_tflite(c, x, progress)
-    raw = run_onnx(c, x, batch_size, progress)
+        raw = run_tflite(c.path, c.contract, x, progress=progress)
+    else:
+        raw = run_onnx(c.path, c.contract, x, batch_size=batch_size, progress=progress)
     return probabilities(raw, c.contract.output.activation, c.contract.output.temperature)
 
 
