@@ -23,8 +23,12 @@ test: venv lint
 demo: venv
 	$(PY) scripts/demo.py
 
+# Numbers, not assertions: each script prints its measurements beside its targets/baseline.
 bench: venv
 	$(PY) bench/bench_export.py
+	$(PY) bench/bench_parity.py
+	$(PY) bench/bench_edge.py
+	$(PY) bench/bench_daemon.py
 
 clean:
 	rm -rf $(VENV) .cache out reports .pytest_cache

@@ -364,6 +364,10 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
                           "outputs")
     if norm is None and hint is not None:
         norm = (hint.input.normalize.scale, hint.input.normalize.offset)
+    if norm is None and getattr(lm, "normalize_hint", None):
+        # The model rescales its own input (e.g. a stored preprocess_input): it wants 0-255 pixels.
+        norm = parse_normalize(lm.normalize_hint)
+        warn(f"no --normalize given: the model rescales its own input, so using {lm.normalize_hint}")
     if norm is None:
         norm = parse_normalize("unit")
         warn("no --normalize given: assuming unit (x/255); pass --normalize symmetric for x/127.5-1 models")

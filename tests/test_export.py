@@ -461,3 +461,26 @@ def test_kaggle_csv_calibration_and_publictest_heldout(tiny, tmp_path: Path):
     assert r["heldout"]["n"] == 14 and "PublicTest" in r["heldout"]["description"]
     assert r["heldout"]["labelled"] == 14
     assert r["artifacts"]["rgb32.onnx"]["metrics"]["agreement"] == 1.0
+
+
+def test_model_that_rescales_its_own_input_defaults_to_raw(tiny, tmp_path: Path):
+    """A model with its own Rescaling layer (as MobileNet's stored preprocess_input) wants 0-255
+    pixels: without --normalize the exporter must pick raw, not the unit default."""
+    import keras
+
+    m = keras.Sequential([
+        keras.Input((24, 24, 1)),
+        keras.layers.Rescaling(1 / 127.5, offset=-1.0),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(7, activation="softmax"),
+    ])
+    m.save(tmp_path / "selfscaled.keras")
+    out = tmp_path / "out"
+    rc = main(["export", str(tmp_path / "selfscaled.keras"), "--calibration", str(tiny["data"]), "--samples", "40",
+               "--quiet", "--out", str(out), "--eval-samples", "7"])
+    assert rc == 0
+    c = Contract.load(out / "selfscaled.json")
+    assert (c.input.normalize.scale, c.input.normalize.offset) == (1.0, 0.0)
+    r = json.loads((out / "export-report.json").read_text())
+    assert any("rescales its own input" in w for w in r["warnings"])
