@@ -29,12 +29,14 @@ from export.errors import ExportError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_NAME = "feredge-fer-v1"
+
 
 @dataclass
 class TrainConfig:
     data: str
     out: str = "out/train"
-    epochs: int = 40
+    epochs: int = 18
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -196,7 +198,32 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
          "params": int(best.count_params()), "config": asdict(cfg)}, indent=2))
     plot_history(out / "history.csv", out / "curves.png")
     log.info("best val accuracy %.4f, temperature %.3f", val_acc, temperature)
-    return out / "best.keras"
+    return write_release(out, temperature=temperature, val_accuracy=val_acc, config=cfg)
+
+
+def write_release(out: Path, *, temperature: float, val_accuracy: float, config: TrainConfig,
+                  name: str = DEFAULT_NAME) -> Path:
+    """``<name>.keras`` plus ``<name>.json`` beside it: the contract hint ``feredge export``
+    picks up (labels, 48x48 grey, x/255, area resize, logits, the validation-fitted temperature),
+    so the export needs no flags beyond ``--calibration``."""
+    import shutil
+
+    from edge.contract import Contract, InputSpec, Normalize, OutputSpec
+
+    model = out / f"{name}.keras"
+    shutil.copyfile(out / "best.keras", model)
+    hint = Contract(
+        name=name,
+        labels=list(FER2013_LABELS),
+        input=InputSpec(height=48, width=48, channels=1, color="gray", resize="area",
+                        normalize=Normalize(1.0 / 255.0, 0.0), face_margin=0.0),
+        output=OutputSpec(activation="logits", temperature=round(float(temperature), 4)),
+        provenance={"training": {"recipe": "feredge train", "config": asdict(config),
+                                 "val_accuracy": round(val_accuracy, 4),
+                                 "temperature_fitted_on": "validation part (seeded, stratified)"}},
+    ).validate()
+    hint.save(out / f"{name}.json")
+    return model
 
 
 def plot_history(csv_path: Path, png: Path) -> None:
@@ -241,6 +268,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       width=args.width, seed=args.seed, time_budget_min=args.time_budget_min, threads=args.threads)
-    best = train(cfg, resume=args.resume, progress=not args.quiet)
-    print(f"best model: {best}")
+    release = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(f"best model: {release} (with its contract hint {release.with_suffix('.json').name}); next:\n"
+          f"  feredge export {release} --calibration {cfg.data} --out models")
     return 0
