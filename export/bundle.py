@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from edge import __version__
@@ -93,11 +92,13 @@ def get_target(name: str) -> Target:
 
 
 def default_model_dir() -> Path:
-    d = Path(str(resources.files("edge") / "data" / "default"))
-    if d.is_dir() and any(d.glob("*.tflite")):
-        return d
-    raise ExportError("no default model is shipped with this feredge (edge/data/default/ is empty); "
-                      "pass --model DIR (a `feredge export` output folder)")
+    from edge.errors import EdgeError
+    from edge.model import default_model_path
+
+    try:
+        return default_model_path()
+    except EdgeError as e:
+        raise ExportError(str(e)) from None
 
 
 def model_files(model: str | os.PathLike[str] | None) -> tuple[list[Path], str]:

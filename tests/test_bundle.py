@@ -20,7 +20,6 @@ import pytest
 from conftest import CACHE, need
 
 from edge.cli import main
-from export import bundle as bundlemod
 from export.bundle import TARGETS, build_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,9 +162,11 @@ def test_missing_model_path(tmp_path, capsys):
 def test_no_default_model_says_pass_model(tmp_path, capsys, monkeypatch):
     empty = tmp_path / "edge"
     (empty / "data" / "default").mkdir(parents=True)
-    monkeypatch.setattr(bundlemod.resources, "files", lambda pkg: empty)
+    import edge.model
+
+    monkeypatch.setattr(edge.model.resources, "files", lambda pkg: empty)
     rc, err = _cli(capsys, "--target", "rpi-bookworm-arm64", "--out", str(tmp_path / "b"))
-    assert rc == 2 and "no default model" in err and "pass --model DIR" in err
+    assert rc == 2 and "no default model" in err and "pass --model" in err
 
 
 def test_missing_wheel_is_named_and_nothing_is_left(tmp_path, capsys, edge_tiny_model):
