@@ -411,6 +411,9 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
                         "sha256": calib.sha256(), "skipped": calib.skipped, "onnx_method": onnx_calibration},
         "tools": _tool_versions(),
     }
+    if hint is not None and "training" in hint.provenance:
+        # How the model was trained (feredge train's release) travels on with its exports.
+        contract.provenance["training"] = hint.provenance["training"]
 
     from export import edgetpu as etpu
     from export import onnxconv, runners, tflite

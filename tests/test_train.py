@@ -55,3 +55,4 @@ def test_recipe_trains_resumes_and_exports_with_its_temperature(tiny_fer: Path, 
     assert c.output.activation == "logits"
     assert c.output.temperature == hint.output.temperature
     assert (c.input.normalize.scale, c.input.resize) == (hint.input.normalize.scale, "area")
+    assert c.provenance["training"]["config"]["epochs"] == 2  # the recipe travels with the export
