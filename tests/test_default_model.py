@@ -68,3 +68,13 @@ def test_classify_uses_the_default_model(astronaut_bgr, tmp_path: Path, capsys):
     face = rec["faces"][0]
     assert face["label"] in Contract.load(MODELS / f"{NAME}.json").labels
     assert abs(sum(face["scores"].values()) - 1.0) < 0.01
+
+
+def test_calibration_list_is_the_exporters_sample(fer2013_dir: Path):
+    from export.calibration import read_source
+
+    listed = [ln for ln in (ROOT / "calibration_data" / f"{NAME}.txt").read_text().splitlines()
+              if ln and not ln.startswith("#")]
+    sample = read_source(fer2013_dir, "train", progress=False).sample(500, seed=0)
+    assert [str(i) for i in sample.ids] == listed
+    assert sample.sha256() == Contract.load(MODELS / f"{NAME}.json").provenance["calibration"]["sha256"]
