@@ -45,6 +45,7 @@ from edge.preprocess import prepare_batch
 from export import calibration as cal
 from export import report as rep
 from export.errors import ExportError
+from export.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -424,12 +425,8 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
         # 5. conversions ------------------------------------------------------------------
         f_tfl = stage / f"{name}.int8.tflite"
         ph.start("converting to int8 TFLite")
-        bar = cal.progress_bar(len(x_cal), "int8 TFLite calibration", progress)
-        try:
-            data, fb = tflite.convert_int8(view, x_cal, progress_cb=bar.update if bar else None)
-        finally:
-            if bar is not None:
-                bar.close()
+        with progress_bar(total=len(x_cal), desc="int8 TFLite calibration", enabled=progress) as bar:
+            data, fb = tflite.convert_int8(view, x_cal, progress_cb=bar.update)
         f_tfl.write_bytes(data)
         contract.quantization[f_tfl.name] = {"input": fb.quant(fb.inputs[0]), "output": fb.quant(fb.outputs[0])}
         ph.done("tflite_int8")
@@ -438,13 +435,9 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
         ph.start("converting to ONNX")
         onnx_ops = onnxconv.convert_fp32(view, hwc, f_onnx)
         ph.done("onnx_fp32")
-        bar = cal.progress_bar(len(x_cal), "ONNX int8 calibration", progress)
-        try:
+        with progress_bar(total=len(x_cal), desc="ONNX int8 calibration", enabled=progress) as bar:
             qonnx_ops = onnxconv.quantize_int8(f_onnx, f_qonnx, x_cal, method=onnx_calibration,
-                                               progress_cb=bar.update if bar else None)
-        finally:
-            if bar is not None:
-                bar.close()
+                                               progress_cb=bar.update)
         f32 = QuantParams("float32", 0.0, 0)
         contract.quantization[f_onnx.name] = {"input": f32, "output": f32}
         # QDQ: int8 inside, float I/O; recorded so the runtime does not quantise its input.

@@ -17,7 +17,6 @@ import hashlib
 import logging
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from edge.contract import FER2013_LABELS
 from export.errors import ExportError
+from export.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,6 @@ Loader = Callable[[int], "np.ndarray | None"]
 def _norm_name(name: str) -> str:
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
     return _ALIASES.get(key, key)
-
-
-def progress_bar(total: int, desc: str, enabled: bool, unit: str = "img"):
-    """A tqdm bar on stderr, or None when progress is off (scripts, --quiet)."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    # disable=None: no bar when stderr is not a terminal (CI logs, journald)
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True, disable=None)
 
 
 def as_opencv(image: np.ndarray) -> np.ndarray | None:
@@ -125,19 +115,17 @@ class ImageSet:
     def _materialize(self, *, progress: bool) -> None:
         assert self.loader is not None
         keep, imgs = [], []
-        bar = progress_bar(len(self.ids), "reading images", progress)
+        bar = progress_bar(total=len(self.ids), desc="reading images", enabled=progress)
         for i in range(len(self.ids)):
             img = self.loader(i)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             if img is None:
                 self.skipped += 1
                 self.skipped_ids.append(self.ids[i])
             else:
                 keep.append(i)
                 imgs.append(img)
-        if bar is not None:
-            bar.close()
+        bar.close()
         if self.skipped:
             log.warning("skipped %d unreadable image(s) in %s (first: %s)", self.skipped, self.description,
                         self.skipped_ids[0])
@@ -171,7 +159,7 @@ class ImageSet:
         chosen: list[int] = []
         images: dict[int, np.ndarray] = {}
         skipped_ids: list[str] = []
-        bar = progress_bar(sum(quota.values()), "reading sample", progress)
+        bar = progress_bar(total=sum(quota.values()), desc="reading sample", enabled=progress)
         for c, order in orders.items():
             got = 0
             for idx in order:
@@ -184,10 +172,8 @@ class ImageSet:
                 images[int(idx)] = img
                 chosen.append(int(idx))
                 got += 1
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
+                bar.update(1)
+        bar.close()
         if not chosen:
             raise ExportError(f"all {len(skipped_ids)} sampled image(s) in {self.description} are unreadable")
         chosen.sort()

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from edge.fsutil import publish, staging_dir
 from edge.preprocess import prepare, probabilities
 from export import metrics as M
 from export.errors import ExportError
+from export.progress import progress_bar
 from export.runners import run_keras as run_reference
 from export.runners import run_onnx, run_tflite
 
@@ -410,11 +410,8 @@ def _contract_notes(ref: Contract | None, c: Candidate) -> list[str]:
 
 
 def _prepare_all(images, spec: InputSpec, progress: bool) -> np.ndarray:
-    from tqdm import tqdm
-
     out = np.empty((len(images), spec.height, spec.width, spec.channels), np.float32)
-    for i, img in enumerate(tqdm(images, desc="prepare", unit="face", disable=not progress, file=sys.stderr,
-                                 leave=False)):
+    for i, img in enumerate(progress_bar(images, desc="prepare", unit="face", enabled=progress)):
         out[i] = prepare(img, spec)
     return out
 

@@ -10,7 +10,6 @@ comparable probabilities with :func:`edge.preprocess.probabilities` and the cont
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from edge.contract import Contract
 from edge.errors import FeredgeError
 from edge.preprocess import dequantize, probabilities, quantize
 from export.errors import ExportError
+from export.progress import progress_bar
 
 
 def run_keras(model, x: np.ndarray, batch_size: int = 256, progress: bool = False, desc: str = "") -> np.ndarray:
@@ -30,7 +30,6 @@ def run_keras(model, x: np.ndarray, batch_size: int = 256, progress: bool = Fals
     on a 2-core workstation shared with the candidates' runtimes.
     """
     import tensorflow as tf
-    from tqdm import tqdm
 
     n = len(x)
     if n == 0:
@@ -46,8 +45,7 @@ def run_keras(model, x: np.ndarray, batch_size: int = 256, progress: bool = Fals
     with warnings.catch_warnings():
         # Keras 3 warns when a model built with a named input list gets a bare tensor; harmless.
         warnings.filterwarnings("ignore", message="The structure of `inputs`")
-        for i in tqdm(range(0, n, bs), desc=desc or "reference", unit="batch", disable=not progress,
-                      file=sys.stderr, leave=False):
+        for i in progress_bar(range(0, n, bs), desc=desc or "reference", unit="batch", enabled=progress):
             xb = x[i:i + bs]
             k = len(xb)
             if k < bs:
@@ -62,7 +60,6 @@ def run_onnx(path: str | os.PathLike[str], contract: Contract, x: np.ndarray, *,
     writes for the device) is run face by face; a free batch dimension in chunks."""
     import onnx
     import onnxruntime as ort
-    from tqdm import tqdm
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -97,8 +94,7 @@ def run_onnx(path: str | os.PathLike[str], contract: Contract, x: np.ndarray, *,
     integer_in = inp.type in ("tensor(int8)", "tensor(uint8)")
     step = batch_size if not isinstance(shape[0], int) or shape[0] != 1 else 1
     outs = []
-    with tqdm(total=len(x), desc=Path(path).name, unit="face", disable=not progress, file=sys.stderr,
-              leave=False) as bar:
+    with progress_bar(total=len(x), desc=Path(path).name, unit="face", enabled=progress) as bar:
         for i in range(0, len(x), step):
             xb = x[i:i + step]
             if integer_in:
@@ -115,8 +111,6 @@ def run_tflite(path: str | os.PathLike[str], contract: Contract | None, x: np.nd
                num_threads: int | None = None) -> np.ndarray:
     """Raw (dequantised) outputs of a TFLite artifact through the device's own Classifier, one
     face at a time (quantisation of inputs and outputs included), exactly as on a Pi."""
-    from tqdm import tqdm
-
     from edge.model import Classifier
 
     name = Path(path).name
@@ -131,7 +125,7 @@ def run_tflite(path: str | os.PathLike[str], contract: Contract | None, x: np.nd
         first = (str(e).splitlines() or [""])[0]
         raise ExportError(f"LiteRT cannot load {path}: {type(e).__name__}: {first}") from None
     out = np.empty((len(x), len(clf.labels) if len(clf.labels) > 1 else 1), np.float32)
-    for i in tqdm(range(len(x)), desc=name, unit="face", disable=not progress, file=sys.stderr, leave=False):
+    for i in progress_bar(range(len(x)), desc=name, unit="face", enabled=progress):
         out[i] = np.asarray(clf.outputs_prepared(x[i]), np.float32).reshape(-1)
     return out
 
