@@ -75,14 +75,17 @@ class CameraConfig:
 @dataclass
 class TrackingConfig:
     iou: float = 0.3
-    # EMA weight of the newest probabilities: 1 = no smoothing, small = slow but steady labels.
-    ema: float = 0.35
+    # Time constant (seconds) of the exponential smoothing of a face's probabilities. In seconds,
+    # not frames, so a 30 fps USB camera and a 5 fps Pi camera smooth alike; 0 = no smoothing.
+    smoothing: float = 0.5
     # A face must be seen this many frames before it "appears" (suppresses false detections).
     min_hits: int = 2
     # A track "leaves" after this many seconds without a matching detection.
     leave_after: float = 1.5
-    # A label change needs the new label to lead the old one by this much (hysteresis).
+    # A label change needs the new label to lead the old one by this much (hysteresis) ...
     change_margin: float = 0.1
+    # ... without a break for this many seconds (0 = at once).
+    change_hold: float = 0.3
 
 
 @dataclass
@@ -189,8 +192,9 @@ class Config:
                 or self.daemon.stats_interval <= 0 or self.daemon.startup_timeout < 0:
             raise ConfigError(f"{where()}: [daemon] intervals and timeouts must be positive")
         t = self.tracking
-        if not 0 < t.ema <= 1 or not 0 < t.iou < 1 or t.min_hits < 1 or t.leave_after <= 0:
-            raise ConfigError(f"{where()}: tracking needs 0 < ema <= 1, 0 < iou < 1, min_hits >= 1, leave_after > 0")
+        if t.smoothing < 0 or t.change_hold < 0 or not 0 < t.iou < 1 or t.min_hits < 1 or t.leave_after <= 0:
+            raise ConfigError(f"{where()}: tracking needs smoothing >= 0, change_hold >= 0, 0 < iou < 1, "
+                              "min_hits >= 1, leave_after > 0")
         if self.jsonl.mode not in ("events", "frames", "all"):
             raise ConfigError(f"{where()}: jsonl.mode must be events, frames or all, not {self.jsonl.mode!r}")
         if self.jsonl.max_bytes < 1024 or self.jsonl.backups < 0:

@@ -445,7 +445,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mqtt-port", type=int, metavar="PORT")
     p.add_argument("--http-port", type=int, metavar="PORT", help="HTTP port (0 = any free port)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any setting, e.g. --set tracking.ema=0.5 (repeatable)")
+                   help="override any setting, e.g. --set tracking.smoothing=1.0 (repeatable)")
 
 
 def _parse_value(text: str) -> Any:

@@ -3,14 +3,17 @@
 A per-frame classifier flickers between neighbouring expressions; a dashboard or a Home
 Assistant automation wants "this face became happy" once, not fifteen times a second. So
 detections are linked across frames by box overlap (IoU, greedy — a shelf camera sees a
-handful of faces, Hungarian matching buys nothing), each track's probabilities are an
-exponential moving average, and its label only changes when the new expression leads the
-old one by a margin (hysteresis). Events are emitted from the smoothed state.
+handful of faces, Hungarian matching buys nothing), each track's probabilities are
+smoothed exponentially with a time constant in seconds (a per-frame weight would smooth a
+30 fps camera six times less than a 5 fps one), and its label only changes when the new
+expression leads the old one by a margin (hysteresis) for a hold time. Events are emitted
+from the smoothed state.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +47,8 @@ class Track:
     last_seen: float
     hits: int = 1
     confirmed: bool = False
+    pending: str | None = None  # a label that leads by the margin, waiting out change_hold
+    pending_since: float = 0.0
 
     @property
     def score(self) -> float:
@@ -115,7 +120,7 @@ class Tracker:
                 track = Track(next(self._ids), box_t, p.copy(), self._label_of(p), ts, ts)
                 self.tracks.append(track)
             else:
-                a = self.cfg.ema
+                a = self._weight(ts - track.last_seen)
                 track.probs = a * p + (1.0 - a) * track.probs
                 track.box = box_t
                 track.last_seen = ts
@@ -169,14 +174,27 @@ class Tracker:
             return UNCERTAIN
         return self.labels[i] if i < len(self.labels) else str(i)
 
+    def _weight(self, dt: float) -> float:
+        """Weight of a new frame's probabilities after ``dt`` seconds: 1 - exp(-dt/tau)."""
+        tau = self.cfg.smoothing
+        if tau <= 0:
+            return 1.0
+        return 1.0 - math.exp(-max(dt, 1e-3) / tau)
+
     def _maybe_change(self, t: Track, ts: float, events: list[dict[str, Any]]) -> None:
         best = self._label_of(t.probs)
-        if best == t.label:
-            return
-        if t.label != UNCERTAIN and best != UNCERTAIN:
+        leads = best != t.label
+        if leads and t.label != UNCERTAIN and best != UNCERTAIN:
             old_p = float(t.probs[self.labels.index(t.label)])
-            if float(t.probs.max()) - old_p < self.cfg.change_margin:
-                return
+            leads = float(t.probs.max()) - old_p >= self.cfg.change_margin
+        if not leads:
+            t.pending = None
+            return
+        if t.pending != best:
+            t.pending, t.pending_since = best, ts
+        if ts - t.pending_since < self.cfg.change_hold:
+            return
+        t.pending = None
         previous, t.label = t.label, best
         if t.confirmed:
             ev = self._event("changed", t, ts)

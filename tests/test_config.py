@@ -102,7 +102,7 @@ def test_cross_field_validation(tmp_path):
         "[[camera]]\nname = 'a b'\n": "may only use letters",
         "[[camera]]\nname = 'a'\n[[camera]]\nname = 'a'\n": "must be unique",
         "[[camera]]\npace = 'slow'\n": "pace must be",
-        "[tracking]\nema = 0\n": "0 < ema <= 1",
+        "[tracking]\nsmoothing = -1\n": "smoothing >= 0",
         "[jsonl]\nmode = 'some'\n": "jsonl.mode",
         "[mqtt]\nenabled = true\nbase_topic = 'a/#'\n": "must not contain",
         "[model]\ndevice = 'tpu'\n": "model.device",
@@ -158,10 +158,10 @@ def test_overrides(tmp_path):
         name = "b"
         """)
     cfg = C.load(p, {"camera.pace": "fast", "camera.1.source": "/dev/video1", "mqtt.port": 1884,
-                     "tracking.ema": 1})
+                     "tracking.smoothing": 1})
     assert [c.pace for c in cfg.camera] == ["fast", "fast"]
     assert [c.source for c in cfg.camera] == ["auto", "/dev/video1"]
-    assert cfg.mqtt.port == 1884 and cfg.tracking.ema == 1.0
+    assert cfg.mqtt.port == 1884 and cfg.tracking.smoothing == 1.0
     with pytest.raises(C.ConfigError, match="unknown key 'hots'"):
         C.load(p, {"mqtt.hots": "x"})
     with pytest.raises(C.ConfigError, match="there is no camera 5"):
@@ -198,7 +198,7 @@ def test_cli_unknown_key_exit_2(tmp_path, capsys):
 
 
 def test_cli_bad_set_and_missing_source(tmp_path, capsys):
-    assert main(["run", "--check", "--set", "tracking.ema"]) == 2
+    assert main(["run", "--check", "--set", "tracking.smoothing"]) == 2
     assert "use SECTION.KEY=VALUE" in capsys.readouterr().err
     assert main(["run", "--check", "--source", str(tmp_path / "missing.mp4")]) == 2
     err = capsys.readouterr().err

@@ -58,11 +58,12 @@ def test_ids_stable_across_moving_boxes_and_two_faces():
     assert h != a
 
 
-def test_ema_smoothing_does_not_flicker():
+def test_smoothing_does_not_flicker():
     """Raw predictions alternate between happy and neutral every frame with a slight happy
-    bias: the raw label flickers, the smoothed label stays happy and no change event fires."""
+    bias: the raw label flickers, the smoothed label stays happy and no change event fires
+    (smoothing alone, no hold time)."""
     rng = np.random.default_rng(0)
-    t = Tracker(LABELS, TrackingConfig(min_hits=1, ema=0.3, change_margin=0.1))
+    t = Tracker(LABELS, TrackingConfig(min_hits=1, smoothing=0.2, change_margin=0.1, change_hold=0.0))
     raw_labels, smooth_labels, events = [], [], []
     for i in range(60):
         if i % 2:
@@ -81,8 +82,49 @@ def test_ema_smoothing_does_not_flicker():
     assert events == ["appeared"]
 
 
+def _smoothed_after(fps: float, seconds: float, cfg: TrackingConfig) -> np.ndarray:
+    t = Tracker(LABELS, cfg)
+    n = round(seconds * fps)
+    for i in range(n + 1):
+        p = probs(happy=0.9) if i == 0 else probs(angry=0.9)
+        t.update([((0, 0, 60, 60), p)], ts=i / fps)
+    return t.tracks[0].probs
+
+
+def test_smoothing_is_in_seconds_not_frames():
+    """A 30 fps camera and a 5 fps one reach the same smoothed state after the same time."""
+    cfg = TrackingConfig(min_hits=1, smoothing=0.5)
+    fast, slow = _smoothed_after(30, 0.6, cfg), _smoothed_after(5, 0.6, cfg)
+    assert fast == pytest.approx(slow, abs=1e-5)
+    lo, hi = float(probs(happy=0.9)[0]), float(probs(angry=0.9)[0])
+    assert float(fast[0]) == pytest.approx(lo + (hi - lo) * (1 - np.exp(-0.6 / 0.5)), abs=1e-4)  # angry rose
+    raw = _smoothed_after(30, 0.6, TrackingConfig(min_hits=1, smoothing=0.0))
+    assert raw == pytest.approx(probs(angry=0.9))
+
+
+def test_change_needs_the_lead_held_for_change_hold():
+    """A new expression that leads for less than change_hold seconds changes nothing; one that
+    keeps the lead changes the label once, change_hold after it took the lead."""
+    cfg = TrackingConfig(min_hits=1, smoothing=0.0, change_margin=0.1, change_hold=0.5)
+    t = Tracker(LABELS, cfg)
+    evs = []
+    fps = 10
+    for i in range(40):
+        ts = i / fps
+        if i < 10 or 14 <= i < 20:
+            p = probs(happy=0.9)
+        else:
+            p = probs(angry=0.9)  # 10..13: 0.4 s blip; from 20 on: for good
+        evs += [(ts, e) for e in t.update([((0, 0, 60, 60), p)], ts=ts).events]
+    changes = [(ts, e) for ts, e in evs if e["event"] == "changed"]
+    assert len(changes) == 1
+    ts, e = changes[0]
+    assert e["label"] == "angry" and e["previous"] == "happy"
+    assert ts == pytest.approx(2.0 + 0.5)
+
+
 def test_real_change_fires_one_event_with_previous_label():
-    t = Tracker(LABELS, TrackingConfig(min_hits=1, ema=0.4, change_margin=0.1))
+    t = Tracker(LABELS, TrackingConfig(min_hits=1))
     evs = []
     for i in range(30):
         p = probs(happy=0.9) if i < 10 else probs(angry=0.9)
