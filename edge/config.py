@@ -339,6 +339,13 @@ def _known(cls: type) -> str:
     return ", ".join(f.name for f in dataclasses.fields(cls) if f.name != "source_path")
 
 
+# Keys of earlier versions that an upgrade (install.sh keeps the old config) may still carry.
+_REPLACED = {
+    "tracking.ema": "use tracking.smoothing, a time constant in seconds (0.5 is the default; the old "
+                    "per-frame weight a at F fps is about smoothing = 1 / (F * a))",
+}
+
+
 def _build(cls: type, values: dict[str, Any], path: tuple[str, ...], index: int | None,
            locator: _LineLocator, where: str) -> Any:
     hints = get_type_hints(cls)
@@ -347,7 +354,10 @@ def _build(cls: type, values: dict[str, Any], path: tuple[str, ...], index: int 
         full = (*path, key)
         if key not in hints:
             line = locator.suffix(full, index)
-            raise ConfigError(f"{where}{line}: unknown key {'.'.join(full)!r} (known in [{path[-1]}]: {_known(cls)})")
+            dotted = ".".join(full)
+            if dotted in _REPLACED:
+                raise ConfigError(f"{where}{line}: {dotted!r} was replaced: {_REPLACED[dotted]}")
+            raise ConfigError(f"{where}{line}: unknown key {dotted!r} (known in [{path[-1]}]: {_known(cls)})")
         kwargs[key] = _coerce(value, hints[key], ".".join(full), where + locator.suffix(full, index))
     return cls(**kwargs)
 

@@ -103,6 +103,7 @@ def test_cross_field_validation(tmp_path):
         "[[camera]]\nname = 'a'\n[[camera]]\nname = 'a'\n": "must be unique",
         "[[camera]]\npace = 'slow'\n": "pace must be",
         "[tracking]\nsmoothing = -1\n": "smoothing >= 0",
+        "[tracking]\nema = 0.35\n": "line 2: 'tracking.ema' was replaced: use tracking.smoothing",
         "[jsonl]\nmode = 'some'\n": "jsonl.mode",
         "[mqtt]\nenabled = true\nbase_topic = 'a/#'\n": "must not contain",
         "[model]\ndevice = 'tpu'\n": "model.device",
