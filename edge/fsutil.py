@@ -20,7 +20,13 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)  # the only portable way to read it is to set it and put it back
+    """The process umask, read without changing it where Linux allows (/proc), since setting
+    and restoring it races with files other threads create meanwhile."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)  # elsewhere: set and restore, restrictive in between
     os.umask(mask)
     return mask
 

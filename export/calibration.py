@@ -115,17 +115,14 @@ class ImageSet:
     def _materialize(self, *, progress: bool) -> None:
         assert self.loader is not None
         keep, imgs = [], []
-        bar = progress_bar(total=len(self.ids), desc="reading images", enabled=progress)
-        for i in range(len(self.ids)):
+        for i in progress_bar(range(len(self.ids)), desc="reading images", enabled=progress):
             img = self.loader(i)
-            bar.update(1)
             if img is None:
                 self.skipped += 1
                 self.skipped_ids.append(self.ids[i])
             else:
                 keep.append(i)
                 imgs.append(img)
-        bar.close()
         if self.skipped:
             log.warning("skipped %d unreadable image(s) in %s (first: %s)", self.skipped, self.description,
                         self.skipped_ids[0])
@@ -159,21 +156,20 @@ class ImageSet:
         chosen: list[int] = []
         images: dict[int, np.ndarray] = {}
         skipped_ids: list[str] = []
-        bar = progress_bar(total=sum(quota.values()), desc="reading sample", enabled=progress)
-        for c, order in orders.items():
-            got = 0
-            for idx in order:
-                if got >= quota[c]:
-                    break
-                img = self._get(int(idx))
-                if img is None:
-                    skipped_ids.append(self.ids[idx])
-                    continue
-                images[int(idx)] = img
-                chosen.append(int(idx))
-                got += 1
-                bar.update(1)
-        bar.close()
+        with progress_bar(total=sum(quota.values()), desc="reading sample", enabled=progress) as bar:
+            for c, order in orders.items():
+                got = 0
+                for idx in order:
+                    if got >= quota[c]:
+                        break
+                    img = self._get(int(idx))
+                    if img is None:
+                        skipped_ids.append(self.ids[idx])
+                        continue
+                    images[int(idx)] = img
+                    chosen.append(int(idx))
+                    got += 1
+                    bar.update(1)
         if not chosen:
             raise ExportError(f"all {len(skipped_ids)} sampled image(s) in {self.description} are unreadable")
         chosen.sort()

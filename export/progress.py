@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str, unit: str = "img",
-             enabled: bool = True):
+def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str,
+                 unit: str = "img", enabled: bool = True):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True,

