@@ -30,19 +30,26 @@ def tiny_fer(tmp_path_factory) -> Path:
 
 
 def test_recipe_trains_resumes_and_exports_with_its_temperature(tiny_fer: Path, tmp_path: Path):
-    from export.train import TrainConfig, build_model, stratified_split, train
+    from export.train import RESUME_FILES, TrainConfig, build_model, stratified_split, train
 
     assert build_model(32).count_params() < 900_000  # int8 TFLite <= 1 MB
     y = np.repeat(np.arange(7), 10)
     tr, va = stratified_split(y, 0.1, seed=0)
     assert len(np.intersect1d(tr, va)) == 0 and sorted(np.bincount(y[va]).tolist()) == [1] * 7
     out = tmp_path / "train"
-    cfg = TrainConfig(data=str(tiny_fer), out=str(out), epochs=1, batch_size=16, width=4)
-    release = train(cfg, progress=False)
-    assert (out / "last.keras").is_file() and (out / "curves.png").is_file()
-    cfg.epochs = 2
-    train(cfg, resume=True, progress=False)  # continues at epoch 2, not from scratch
-    assert len((out / "history.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+    cfg = TrainConfig(data=str(tiny_fer), out=str(out), epochs=3, batch_size=16, width=4, warmup_epochs=1,
+                      time_budget_min=1e-6)
+    assert train(cfg, progress=False) is None  # the budget stops it after one epoch: resumable, no release
+    assert all((out / f).is_file() for f in RESUME_FILES) and not (out / "curves.png").exists()
+    ema_before = _ema_values(out / "last.keras")
+    cfg.time_budget_min = 0
+    cfg.epochs = 99  # ignored on resume: the run's own schedule (3 epochs) is kept
+    release = train(cfg, resume=True, progress=False)  # continues at epoch 2, not from scratch
+    assert (out / "curves.png").is_file()
+    rows = (out / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 4 and "epoch_seconds" in rows[0]  # header + 3 epochs, timed
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+    assert not np.allclose(ema_before, _ema_values(out / "last.keras"))  # the EMA travelled and moved on
     hint = Contract.load(release.with_suffix(".json"))
     assert hint.output.activation == "logits" and hint.output.temperature > 0
     assert hint.input.resize == "area" and hint.labels == list(FER2013_LABELS)
@@ -51,8 +58,37 @@ def test_recipe_trains_resumes_and_exports_with_its_temperature(tiny_fer: Path, 
     rc = main(["export", str(release), "--calibration", str(tiny_fer), "--samples", "35", "--quiet",
                "--out", str(exp)])
     assert rc == 0
-    c = Contract.load(exp / "feredge-fer-v1.json")
+    c = Contract.load(exp / "feredge-fer-v2.json")
     assert c.output.activation == "logits"
     assert c.output.temperature == hint.output.temperature
     assert (c.input.normalize.scale, c.input.resize) == (hint.input.normalize.scale, "area")
-    assert c.provenance["training"]["config"]["epochs"] == 2  # the recipe travels with the export
+    assert c.provenance["training"]["config"]["epochs"] == 3  # the recipe travels with the export
+
+
+def _ema_values(path: Path) -> np.ndarray:
+    """The optimizer's EMA of the first conv kernel, as saved in a .keras checkpoint."""
+    import keras
+
+    model = keras.models.load_model(path)
+    opt = model.optimizer
+    assert opt.use_ema and len(opt._model_variables_moving_average) == len(model.trainable_variables)
+    return np.array(opt._model_variables_moving_average[0])
+
+
+def test_augmentation_is_identity_when_its_ranges_are_zero_and_bounded_otherwise():
+    import tensorflow as tf
+
+    from export.train import TrainConfig, augment_batch
+
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (16, 48, 48, 1)).astype(np.float32)
+    still = TrainConfig(data="", rotate_deg=0, zoom=0, shift=0, erase_p=0)
+    still_out = augment_batch(tf.constant(x), still, seed=2).numpy()
+    # only flips and brightness/contrast remain: each face equals itself or its mirror image up to an affine
+    # change of intensity, which the per-image correlation sees as 1
+    for a, b in zip(x, still_out, strict=True):
+        r = max(np.corrcoef(a.ravel(), b.ravel())[0, 1], np.corrcoef(a[:, ::-1].ravel(), b.ravel())[0, 1])
+        assert r > 0.95
+    moved = augment_batch(tf.constant(x), TrainConfig(data=""), seed=2).numpy()
+    assert moved.shape == x.shape and moved.min() >= 0 and moved.max() <= 1
+    assert not np.allclose(moved, still_out)
