@@ -41,9 +41,12 @@ def draw(image: np.ndarray, faces) -> np.ndarray:
 
 def write_image(path: Path, image: np.ndarray) -> None:
     path = Path(path)
-    with atomic_path(path, suffix=path.suffix or ".png") as tmp:
-        if not cv2.imwrite(str(tmp), image):
-            raise EdgeError(f"cannot write annotated image {path} (unsupported extension?)")
+    try:
+        with atomic_path(path, suffix=path.suffix or ".png") as tmp:
+            if not cv2.imwrite(str(tmp), image):
+                raise EdgeError(f"cannot write annotated image {path} (unsupported extension?)")
+    except OSError as e:
+        raise EdgeError(f"cannot write annotated image {path}: {e.strerror or e}") from None
 
 
 class VideoWriter:
@@ -59,7 +62,11 @@ class VideoWriter:
     def write(self, image: np.ndarray) -> None:
         if self._writer is None:
             self._ctx = atomic_path(self.path, suffix=self.path.suffix or ".mp4")
-            tmp = self._ctx.__enter__()
+            try:
+                tmp = self._ctx.__enter__()
+            except OSError as e:
+                self._ctx = None
+                raise EdgeError(f"cannot write video {self.path}: {e.strerror or e}") from None
             h, w = image.shape[:2]
             self._writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
             if not self._writer.isOpened():

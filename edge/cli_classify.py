@@ -8,8 +8,8 @@ annotated copy of the input with --annotate.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,12 +38,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check_inputs(specs: list[str]) -> None:
+    """Every input parses and every file exists before the model loads (the one source parser)."""
     from edge.errors import EdgeError
-    from edge.sources import is_camera_spec
+    from edge.sources import parse_spec
 
     for s in specs:
-        if not is_camera_spec(s) and not Path(s).exists():
+        if not parse_spec(s).is_camera and not Path(s).exists():
             raise EdgeError(f"input not found: {s}")
+
+
+# What OpenCV's mp4v writer can put in a container here.
+VIDEO_OUTPUTS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
+
+
+def _check_target(target: Path, kind: str, is_file: bool) -> None:
+    """Refuse an --annotate target before any frame is processed: a name OpenCV cannot write,
+    an image name for a video input, a folder that cannot be written."""
+    import cv2
+
+    from edge.errors import EdgeError
+    from edge.sources import is_image_path
+
+    if is_file and kind == "images" and not cv2.haveImageWriter(str(target)):
+        raise EdgeError(f"--annotate {target}: OpenCV cannot write {target.suffix or 'files without an extension'} "
+                        "images (use .jpg or .png)")
+    if is_file and kind != "images" and target.suffix.lower() not in VIDEO_OUTPUTS:
+        what = "an image file name, but the input is a video" if is_image_path(target) else \
+            f"not a video OpenCV can write ({target.suffix or 'no extension'})"
+        raise EdgeError(f"--annotate {target}: {what}; name a {' / '.join(VIDEO_OUTPUTS)} file or a folder")
+    folder = target.parent if is_file else target
+    existing = next((d for d in (folder, *folder.parents) if d.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise EdgeError(f"--annotate {target}: cannot write there ({existing} is not a writable folder)")
 
 
 def _annotate_path(out: Path, source, single: bool) -> Path:
@@ -67,6 +93,7 @@ def _human(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge import jsonsafe
     from edge.annotate import VideoWriter, draw, write_image
     from edge.detect import DetectorConfig, FaceDetector
     from edge.errors import EdgeError
@@ -91,13 +118,19 @@ def run(args: argparse.Namespace) -> int:
         source = open_source(spec)
         single = len(args.inputs) == 1 and not (source.kind == "images" and Path(spec).is_dir())
         target = _annotate_path(out, source, single) if out else None
+        if target is not None:
+            try:
+                _check_target(target, source.kind, is_file=(single and bool(out.suffix)) or source.kind != "images")
+            except BaseException:
+                source.close()
+                raise
         writer = VideoWriter(target, source.fps) if target and source.kind != "images" else None
         ok = False
         try:
             for res in pipe.run(source, max_frames=args.max_frames):
                 frames += 1
                 faces += len(res.faces)
-                line = json.dumps(res.to_dict()) if args.json else _human(res)
+                line = jsonsafe.dumps(res.to_dict()) if args.json else _human(res)
                 write(line + "\n")
                 sys.stdout.flush()
                 if target is not None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -45,9 +47,16 @@ class ModelConfig:
 
 @dataclass
 class DetectorConfig:
-    cascade: str | None = None
+    """The Haar detector's settings, for ``feredge classify`` and the daemon alike.
+
+    ``min_face`` is in full-frame pixels; ``detect_width`` = 0 detects at full resolution."""
+
+    cascade: str | None = None  # file path or a cascade file name; None = frontal-face default
     detect_width: int = 320
     min_face: int = 40
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    equalize: bool = False  # histogram equalisation helps in dim or flat light, costs ~0.2 ms
     # Between full-frame searches, known faces are re-found near their last box (much cheaper);
     # a full search runs every this many frames, and whenever a known face is lost.
     redetect_every: int = 10
@@ -70,6 +79,10 @@ class CameraConfig:
     read_timeout: float = 5.0
     # Detection on every Nth frame only (the tracker keeps boxes in between).
     detect_every: int = 1
+    # A stream URL's password, kept out of the file: read from this environment variable or
+    # systemd credential and put into the URL (rtsp://USER@host/…) only when it is opened.
+    password_env: str | None = None
+    password_credential: str | None = None
 
 
 @dataclass
@@ -164,77 +177,79 @@ class Config:
     source_path: str | None = None  # the file this came from (for messages), not a TOML key
 
     def validate(self) -> Config:
-        """Cross-field checks that types alone cannot express."""
-        where = self._where
+        """Ranges (:data:`_RULES`, each message naming the key and its line), then the checks
+        that involve more than one key."""
+        for (section, key), (ok, must) in _RULES.items():
+            tables = list(enumerate(self.camera)) if section == "camera" else [(None, getattr(self, section))]
+            for index, table in tables:
+                value = getattr(table, key)
+                if not ok(value):
+                    raise ConfigError(f"{self.where(section, key, index)}: {section}.{key} = {_show(value)}: "
+                                      f"must be {must}")
         if not self.camera:
-            raise ConfigError(f"{where()}: at least one [[camera]] is required")
+            raise ConfigError(f"{self.where()}: at least one [[camera]] is required")
         names = [c.name for c in self.camera]
-        for c in self.camera:
-            if not re.fullmatch(r"[A-Za-z0-9_-]+", c.name):
-                raise ConfigError(f"{where()}: camera name {c.name!r} may only use letters, digits, _ and -")
-            if c.pace not in ("realtime", "fast"):
-                raise ConfigError(f"{where()}: camera {c.name}: pace must be 'realtime' or 'fast', not {c.pace!r}")
-            if c.fps <= 0 or c.width <= 0 or c.height <= 0 or c.detect_every < 1:
-                raise ConfigError(f"{where()}: camera {c.name}: fps, width, height, detect_every must be positive")
-            if not 0 < c.reconnect_min <= c.reconnect_max:
-                raise ConfigError(f"{where()}: camera {c.name}: need 0 < reconnect_min <= reconnect_max")
-            if c.read_timeout <= 0:
-                raise ConfigError(f"{where()}: camera {c.name}: read_timeout must be > 0")
+        for i, c in enumerate(self.camera):
+            if c.reconnect_min > c.reconnect_max:
+                raise ConfigError(f"{self.where('camera', 'reconnect_min', i)}: camera {c.name}: "
+                                  "need reconnect_min <= reconnect_max")
         if len(set(names)) != len(names):
-            raise ConfigError(f"{where()}: camera names must be unique, got {', '.join(names)}")
-        if self.model.device not in ("auto", "cpu", "coral"):
-            raise ConfigError(f"{where()}: model.device must be auto, cpu or coral, not {self.model.device!r}")
-        if self.detector.redetect_every < 1 or self.detector.min_face < 1 or self.detector.detect_width < 0:
-            raise ConfigError(f"{where()}: detector needs redetect_every >= 1, min_face >= 1, detect_width >= 0")
-        if not 0.0 <= self.model.min_score < 1.0:
-            raise ConfigError(f"{where()}: model.min_score must be in [0, 1)")
-        if self.daemon.stall_timeout <= 0 or self.daemon.offline_restart < 0 or self.daemon.status_interval <= 0 \
-                or self.daemon.stats_interval <= 0 or self.daemon.startup_timeout < 0:
-            raise ConfigError(f"{where()}: [daemon] intervals and timeouts must be positive")
-        t = self.tracking
-        if t.smoothing < 0 or t.change_hold < 0 or not 0 < t.iou < 1 or t.min_hits < 1 or t.leave_after <= 0:
-            raise ConfigError(f"{where()}: tracking needs smoothing >= 0, change_hold >= 0, 0 < iou < 1, "
-                              "min_hits >= 1, leave_after > 0")
-        if self.jsonl.mode not in ("events", "frames", "all"):
-            raise ConfigError(f"{where()}: jsonl.mode must be events, frames or all, not {self.jsonl.mode!r}")
-        if self.jsonl.max_bytes < 1024 or self.jsonl.backups < 0:
-            raise ConfigError(f"{where()}: jsonl.max_bytes must be >= 1024 and jsonl.backups >= 0")
-        m = self.mqtt
-        if m.enabled:
-            if not 0 < m.port < 65536:
-                raise ConfigError(f"{where()}: mqtt.port {m.port} is not a TCP port")
-            if m.qos not in (0, 1, 2):
-                raise ConfigError(f"{where()}: mqtt.qos must be 0, 1 or 2")
-            if m.queue_size < 1:
-                raise ConfigError(f"{where()}: mqtt.queue_size must be >= 1")
-            if not re.fullmatch(r"[^#+\s]+", m.base_topic) or m.base_topic.endswith("/"):
-                raise ConfigError(f"{where()}: mqtt.base_topic {m.base_topic!r} must not contain #, + or spaces")
+            raise ConfigError(f"{self.where()}: camera names must be unique, got {', '.join(names)}")
+        if self.mqtt.enabled:
             for name in ("ca_file", "cert_file", "key_file"):
-                p = getattr(m, name)
+                p = getattr(self.mqtt, name)
                 if p and not Path(p).is_file():
-                    raise ConfigError(f"{where()}: mqtt.{name} {p} does not exist")
+                    raise ConfigError(f"{self.where('mqtt', name)}: mqtt.{name} {p} does not exist")
+        self._check_jsonl_path()
         h = self.http
-        if h.enabled:
-            if not 0 <= h.port < 65536:
-                raise ConfigError(f"{where()}: http.port {h.port} is not a TCP port")
-            if not is_loopback(h.bind) and not self.http_token():
-                raise ConfigError(
-                    f"{where()}: http.bind = {h.bind!r} is reachable from other machines, so a token is required "
-                    f"(set ${h.token_env}, the systemd credential {h.token_credential!r}, or http.token)"
-                )
+        if h.enabled and not is_loopback(h.bind) and not self.http_token():
+            raise ConfigError(
+                f"{self.where('http', 'bind')}: http.bind = {h.bind!r} is reachable from other machines, so a "
+                f"token is required (set ${h.token_env}, the systemd credential {h.token_credential!r}, "
+                "or http.token)"
+            )
         return self
 
-    def _where(self) -> str:
-        return self.source_path or "config"
+    def _check_jsonl_path(self) -> None:
+        """A path the daemon cannot write fails the check, not the first event hours later."""
+        j = self.jsonl
+        if not j.enabled or j.path == "-":
+            return
+        p = Path(j.path)
+        where = self.where("jsonl", "path")
+        if p.is_dir():
+            raise ConfigError(f"{where}: jsonl.path {p} is a folder; name a file in it")
+        parent = next((a for a in p.parents if a.exists()), None)
+        if parent is None or not parent.is_dir():
+            raise ConfigError(f"{where}: jsonl.path {p}: {parent} is not a folder")
+        target = p if p.exists() else parent
+        if not os.access(target, os.W_OK | (0 if p.exists() else os.X_OK)):
+            raise ConfigError(f"{where}: jsonl.path {p} cannot be written ({target} is not writable)")
+
+    def where(self, section: str | None = None, key: str | None = None, index: int | None = None) -> str:
+        """``FILE line N`` of a key (``override`` when ``--set`` gave it), for messages."""
+        base = self.source_path or "config"
+        if section is None:
+            return base
+        dotted = f"{section}.{key}" if key else section
+        if dotted in self._overridden or (index is not None and f"camera.{index}.{key}" in self._overridden):
+            return f"override {dotted}"
+        locator = getattr(self, "_locator", None)
+        path = (section, key) if key else (section,)
+        return base + (locator.suffix(path, index) if locator else "")
+
+    @property
+    def _overridden(self) -> set[str]:
+        return getattr(self, "_override_keys", set())
 
     # ---- secrets ---------------------------------------------------------------------
     def mqtt_password(self) -> str | None:
         m = self.mqtt
-        return read_secret(m.password, m.password_env, m.password_credential)
+        return read_secret(m.password, m.password_env, m.password_credential, what="mqtt password")
 
     def http_token(self) -> str | None:
         h = self.http
-        return read_secret(h.token, h.token_env, h.token_credential)
+        return read_secret(h.token, h.token_env, h.token_credential, what="http token")
 
 
 def is_loopback(host: str) -> bool:
@@ -246,17 +261,96 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def read_secret(value: str | None, env: str | None, credential: str | None) -> str | None:
+def read_secret(value: str | None, env: str | None, credential: str | None, *, what: str = "secret") -> str | None:
     """A systemd credential wins (it never shows in ``/proc/*/environ``), then the environment,
-    then a value written in the file."""
+    then a value written in the file. Surrounding whitespace (a trailing newline) is dropped; a
+    secret that is only whitespace is refused, since ``?token=%20`` must not be a password.
+    Messages name where the secret came from, never its value."""
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    found: list[tuple[str, str]] = []
     if cred_dir and credential:
         p = Path(cred_dir) / credential
         if p.is_file():
-            return p.read_text().strip() or None
-    if env and os.environ.get(env):
-        return os.environ[env]
-    return value or None
+            found.append((f"the systemd credential {credential!r}", p.read_text()))
+    if env and os.environ.get(env) is not None and os.environ[env] != "":
+        found.append((f"${env}", os.environ[env]))
+    if value is not None and value != "":
+        found.append(("the config file", value))
+    if not found:
+        return None
+    source, secret = found[0]
+    if not secret.strip():
+        raise ConfigError(f"the {what} from {source} is empty or only whitespace")
+    return secret.strip()
+
+
+# ---- ranges ----------------------------------------------------------------------------
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _at_least(n: float) -> Callable[[float], bool]:
+    return lambda v: v >= n
+
+
+def _one_of(*values: Any) -> Callable[[Any], bool]:
+    return lambda v: v in values
+
+
+def _port(lo: int) -> Callable[[int], bool]:
+    return lambda v: lo <= v < 65536
+
+
+# (section, key) -> (check, what the value must be). Types are checked while reading; these are the
+# ranges. "camera" applies to every [[camera]].
+_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("camera", "name"): (lambda v: re.fullmatch(r"[A-Za-z0-9_-]+", v) is not None, "only letters, digits, _ and -"),
+    ("camera", "pace"): (_one_of("realtime", "fast"), "'realtime' or 'fast'"),
+    ("camera", "width"): (_positive, "> 0"),
+    ("camera", "height"): (_positive, "> 0"),
+    ("camera", "fps"): (_positive, "> 0"),
+    ("camera", "detect_every"): (_at_least(1), ">= 1"),
+    ("camera", "reconnect_min"): (_positive, "> 0"),
+    ("camera", "reconnect_max"): (_positive, "> 0"),
+    ("camera", "read_timeout"): (_positive, "> 0"),
+    ("model", "device"): (_one_of("auto", "cpu", "coral"), "auto, cpu or coral"),
+    ("model", "min_score"): (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("model", "num_threads"): (lambda v: v is None or v >= 1, ">= 1"),
+    ("detector", "detect_width"): (_at_least(0), ">= 0 (0 = full size)"),
+    ("detector", "min_face"): (_at_least(1), ">= 1"),
+    ("detector", "scale_factor"): (lambda v: v > 1.0, "> 1"),
+    ("detector", "min_neighbors"): (_at_least(0), ">= 0"),
+    ("detector", "redetect_every"): (_at_least(1), ">= 1"),
+    ("tracking", "iou"): (lambda v: 0.0 < v < 1.0, "between 0 and 1"),
+    ("tracking", "smoothing"): (_at_least(0), ">= 0 seconds"),
+    ("tracking", "min_hits"): (_at_least(1), ">= 1"),
+    ("tracking", "leave_after"): (_positive, "> 0 seconds"),
+    ("tracking", "change_margin"): (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("tracking", "change_hold"): (_at_least(0), ">= 0 seconds"),
+    ("daemon", "stall_timeout"): (_positive, "> 0 seconds"),
+    ("daemon", "offline_restart"): (_at_least(0), ">= 0 seconds (0 = never)"),
+    ("daemon", "startup_timeout"): (_at_least(0), ">= 0 seconds"),
+    ("daemon", "status_interval"): (_positive, "> 0 seconds"),
+    ("daemon", "stats_interval"): (_positive, "> 0 seconds"),
+    ("jsonl", "mode"): (_one_of("events", "frames", "all"), "events, frames or all"),
+    ("jsonl", "max_bytes"): (_at_least(1024), ">= 1024"),
+    ("jsonl", "backups"): (_at_least(0), ">= 0"),
+    ("mqtt", "port"): (_port(1), "a TCP port (1-65535)"),
+    ("mqtt", "qos"): (_one_of(0, 1, 2), "0, 1 or 2"),
+    ("mqtt", "queue_size"): (_at_least(1), ">= 1"),
+    ("mqtt", "keepalive"): (_at_least(1), ">= 1 second"),
+    ("mqtt", "reconnect_min"): (_positive, "> 0 seconds"),
+    ("mqtt", "reconnect_max"): (_positive, "> 0 seconds"),
+    ("mqtt", "state_interval"): (_at_least(0), ">= 0 seconds"),
+    ("mqtt", "base_topic"): (lambda v: re.fullmatch(r"[^#+\s]+", v) is not None and not v.endswith("/"),
+                             "a topic without #, +, spaces or a trailing /"),
+    ("http", "port"): (_port(0), "a TCP port (0-65535, 0 = any free port)"),
+}
 
 
 # ---- loading ---------------------------------------------------------------------------
@@ -283,8 +377,10 @@ def load(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None =
     cfg.source_path = None if path is None else str(path)
     if path is not None:
         _resolve_paths(cfg, Path(path).resolve().parent)
+    cfg._override_keys = set()  # type: ignore[attr-defined]
     for dotted, value in (overrides or {}).items():
         apply_override(cfg, dotted, value)
+        cfg._override_keys.add(dotted)  # type: ignore[attr-defined]
     return cfg.validate()
 
 
@@ -305,17 +401,22 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
         cfg.jsonl.path = fix(cfg.jsonl.path) or cfg.jsonl.path
     for name in ("ca_file", "cert_file", "key_file"):
         setattr(cfg.mqtt, name, fix(getattr(cfg.mqtt, name)))
+    from edge.sources.spec import parse_spec
+
     for cam in cfg.camera:
-        s = cam.source
-        is_file = not (s == "auto" or s.startswith(("picamera2", "v4l2:", "/dev/")) or s.isdigit() or "://" in s)
+        try:
+            is_file = parse_spec(cam.source).kind == "path"
+        except EdgeError:
+            continue  # reported by the source check, which names the camera
         if is_file:
-            cam.source = fix(s) or s
+            cam.source = fix(cam.source) or cam.source
 
 
 def from_dict(data: dict[str, Any], *, text: str = "", where: str = "config") -> Config:
     locator = _LineLocator(text)
     cfg = Config()
     cfg.source_path = where
+    cfg._locator = locator  # type: ignore[attr-defined]  # range errors name the line too
     top_hints = get_type_hints(Config)
     for key, value in data.items():
         if key == "source_path" or key not in top_hints:
@@ -379,6 +480,8 @@ def _coerce(value: Any, hint: Any, name: str, where: str) -> Any:
             return value
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: {name} must be a finite number, got {value!r}")
             return float(value)
     elif base is str:
         if isinstance(value, str):

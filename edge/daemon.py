@@ -29,6 +29,7 @@ from edge.notify import Notifier
 from edge.sinks import Sink
 from edge.sources import Frame
 from edge.sources.reconnect import CameraFeed, Opener, check_source, make_opener
+from edge.sources.spec import redact
 from edge.track import Tracker
 
 log = logging.getLogger(__name__)
@@ -96,13 +97,13 @@ class Daemon:
 
     # ---- set-up --------------------------------------------------------------------------
     def _make_pipeline(self) -> Any:
-        from edge.detect import DetectorConfig, FaceDetector
+        from edge.detect import FaceDetector
         from edge.model import Classifier
         from edge.pipeline import Pipeline
 
-        m, d = self.cfg.model, self.cfg.detector
+        m = self.cfg.model
         clf = Classifier(m.path, backend=m.backend, device=m.device, num_threads=m.num_threads)
-        det = FaceDetector(DetectorConfig(cascade=d.cascade, detect_width=d.detect_width, min_face=d.min_face))
+        det = FaceDetector(self.cfg.detector)
         return Pipeline(clf, det)
 
     def setup(self) -> None:
@@ -235,6 +236,11 @@ class Daemon:
                 if gray is None:
                     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
                 plane = gray
+            if cam.frames == 0:
+                smallest = pipe.detector.smallest_face(plane.shape[1]) * image.shape[1] / plane.shape[1]
+                log.info("camera %s: %dx%d frames; faces smaller than %d px are not detected (detector.min_face "
+                         "= %d, detect_width = %d)", name, image.shape[1], image.shape[0], round(smallest),
+                         pipe.detector.config.min_face, pipe.detector.config.detect_width)
             boxes = self._detect(cam, plane)
             if plane is not gray:
                 sy, sx = image.shape[0] / plane.shape[0], image.shape[1] / plane.shape[1]
@@ -498,7 +504,7 @@ def run(args: argparse.Namespace) -> int:
         # Load the model and the cascade too: a config that names a tampered model is not OK.
         d = Daemon(cfg)
         pipe = d._make_pipeline()
-        cams = ", ".join(f"{c.name}={c.source}" for c in cfg.camera)
+        cams = ", ".join(f"{c.name}={redact(c.source)}" for c in cfg.camera)
         sinks = [n for n, on in (("jsonl", cfg.jsonl.enabled), ("mqtt", cfg.mqtt.enabled),
                                  ("http", cfg.http.enabled)) if on]
         print(f"config OK: {cfg.source_path or 'built-in defaults'}; model {pipe.classifier.contract.name} "

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from edge.config import DetectorConfig
 from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
@@ -31,18 +31,6 @@ SYSTEM_CASCADE_DIRS = (
 _CASCADE_WINDOW = 24
 
 Box = tuple[int, int, int, int]
-
-
-@dataclass
-class DetectorConfig:
-    """``min_face`` is in full-frame pixels; ``detect_width`` = 0 detects at full resolution."""
-
-    cascade: str | None = None  # file path or a cascade file name; None = frontal-face default
-    detect_width: int = 320
-    min_face: int = 40
-    scale_factor: float = 1.1
-    min_neighbors: int = 5
-    equalize: bool = False  # histogram equalisation helps in dim or flat light, costs ~0.2 ms
 
 
 def cascade_search_dirs() -> list[Path]:
@@ -90,16 +78,26 @@ class FaceDetector:
         if self._cascade is None or self._cascade.empty():
             raise EdgeError(f"{self.cascade_path} is not a usable OpenCV cascade file")
 
-    def detect(self, frame: np.ndarray) -> list[Box]:
+    def detect(self, frame: np.ndarray, still: bool = False) -> list[Box]:
         """Face boxes (x, y, w, h) in ``frame`` pixels, largest first."""
         if frame.ndim == 3:
             code = cv2.COLOR_BGRA2GRAY if frame.shape[2] == 4 else cv2.COLOR_BGR2GRAY
             frame = cv2.cvtColor(frame, code)
-        return self.detect_gray(frame)
+        return self.detect_gray(frame, still)
 
-    def _scale(self, width: int) -> float:
-        dw = self.config.detect_width
-        return dw / width if dw and width > dw else 1.0
+    def _scale(self, width: int, still: bool = False) -> float:
+        """Detection scale for a frame ``width`` wide. For a still photo the scale is raised until
+        ``min_face`` is at least the cascade's 24-px window (a 2,400-px group photo at 320 px
+        would hide every face under 180 px); video keeps ``detect_width``, for speed."""
+        c = self.config
+        scale = c.detect_width / width if c.detect_width and width > c.detect_width else 1.0
+        if still:
+            scale = min(1.0, max(scale, _CASCADE_WINDOW / c.min_face))
+        return scale
+
+    def smallest_face(self, width: int) -> int:
+        """The smallest face (full-frame pixels) found in a ``width``-px video frame."""
+        return max(self.config.min_face, round(_CASCADE_WINDOW / self._scale(width)))
 
     def _run(self, small: np.ndarray, min_px: int, max_px: int = 0) -> np.ndarray:
         c = self.config
@@ -111,10 +109,11 @@ class FaceDetector:
         )
         return np.asarray(found, dtype=np.float64).reshape(-1, 4)
 
-    def detect_gray(self, gray: np.ndarray) -> list[Box]:
-        """Like :meth:`detect` for a 2-D grey/luma image (e.g. the Y plane of a camera's YUV frame)."""
+    def detect_gray(self, gray: np.ndarray, still: bool = False) -> list[Box]:
+        """Like :meth:`detect` for a 2-D grey/luma image (e.g. the Y plane of a camera's YUV frame);
+        ``still``: a photo, searched at the scale its smallest face needs (see :meth:`_scale`)."""
         h, w = gray.shape[:2]
-        scale = self._scale(w)
+        scale = self._scale(w, still)
         small = gray
         if scale != 1.0:
             small = cv2.resize(gray, (round(w * scale), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)

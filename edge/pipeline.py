@@ -88,9 +88,11 @@ class Pipeline:
         self.full_searches = 0  # counters, for logs and benchmarks
         self.near_searches = 0
 
-    def faces(self, image: np.ndarray, gray: np.ndarray | None = None, previous: list[Box] | None = None) -> list[Face]:
+    def faces(self, image: np.ndarray, gray: np.ndarray | None = None, previous: list[Box] | None = None,
+              still: bool = False) -> list[Face]:
         """Faces in one image (BGR or grey). Pass ``gray`` when you already have it (a Y plane);
-        pass ``previous`` boxes to search near them first (falls back to a full search)."""
+        pass ``previous`` boxes to search near them first (falls back to a full search);
+        ``still``: a photo, searched finely enough for its smallest face."""
         if gray is None:
             gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         boxes = None
@@ -98,7 +100,7 @@ class Pipeline:
             boxes = self.detector.detect_near(gray, previous)
             self.near_searches += 1
         if boxes is None:
-            boxes = self.detector.detect_gray(gray)
+            boxes = self.detector.detect_gray(gray, still)
             self.full_searches += 1
             self._since_full = 0
         if self.max_faces is not None:
@@ -112,16 +114,17 @@ class Pipeline:
         clf = self.classifier
         return [Face(tuple(b), clf.classify(crop_face(src, b, self._margin))) for b in boxes]
 
-    def process(self, frame: Frame) -> FrameResult:
+    def process(self, frame: Frame, still: bool = False) -> FrameResult:
         # Image folders give every file its own source name, so only video/camera frames chain.
-        consecutive = self._last == (frame.source, frame.index - 1)
+        consecutive = not still and self._last == (frame.source, frame.index - 1)
         self._since_full += 1
         previous = self._boxes if consecutive and self._boxes and self._since_full < self.redetect_every else None
         self._last = (frame.source, frame.index)
-        return FrameResult(frame, self.faces(frame.image, previous=previous))
+        return FrameResult(frame, self.faces(frame.image, previous=previous, still=still))
 
     def run(self, source: Iterable[Frame], max_frames: int | None = None) -> Iterator[FrameResult]:
+        still = getattr(source, "kind", None) == "images"
         for frame in source:
             if max_frames is not None and frame.index >= max_frames:
                 break
-            yield self.process(frame)
+            yield self.process(frame, still)

@@ -99,13 +99,15 @@ def test_invalid_toml_and_missing_file(tmp_path):
 
 def test_cross_field_validation(tmp_path):
     cases = {
-        "[[camera]]\nname = 'a b'\n": "may only use letters",
+        "[[camera]]\nname = 'a b'\n": "line 2: camera.name = 'a b': must be only letters",
         "[[camera]]\nname = 'a'\n[[camera]]\nname = 'a'\n": "must be unique",
-        "[[camera]]\npace = 'slow'\n": "pace must be",
-        "[tracking]\nsmoothing = -1\n": "smoothing >= 0",
+        "[[camera]]\npace = 'slow'\n": "line 2: camera.pace = 'slow': must be 'realtime' or 'fast'",
+        "[tracking]\nsmoothing = -1\n": "line 2: tracking.smoothing = -1.0: must be >= 0",
+        "[tracking]\niou = 3.0\n": "line 2: tracking.iou = 3.0: must be between 0 and 1",
+        "[[camera]]\nname = 'a'\n[[camera]]\nname = 'b'\nfps = 0\n": "line 5: camera.fps = 0.0: must be > 0",
         "[tracking]\nema = 0.35\n": "line 2: 'tracking.ema' was replaced: use tracking.smoothing",
         "[jsonl]\nmode = 'some'\n": "jsonl.mode",
-        "[mqtt]\nenabled = true\nbase_topic = 'a/#'\n": "must not contain",
+        "[mqtt]\nenabled = true\nbase_topic = 'a/#'\n": "line 3: mqtt.base_topic = 'a/#': must be a topic without #",
         "[model]\ndevice = 'tpu'\n": "model.device",
     }
     for text, fragment in cases.items():

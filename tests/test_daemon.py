@@ -479,7 +479,7 @@ def test_video_end_to_end_jsonl_rotation(edge_tiny_model, woman_video, tmp_path,
     assert indices == sorted(indices)
 
 
-def test_missing_and_tampered_model_exit_2(edge_tiny_model, tmp_path, capsys):
+def test_missing_and_tampered_model_exit_2(edge_tiny_model, tmp_path, capsys, woman_video):
     assert main(["run", "--check", "--model", str(tmp_path / "none.tflite")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("feredge run: error: model not found") and "\n" not in err
@@ -491,7 +491,7 @@ def test_missing_and_tampered_model_exit_2(edge_tiny_model, tmp_path, capsys):
     data = bytearray(model.read_bytes())
     data[len(data) // 3] ^= 0xFF
     model.write_bytes(bytes(data))
-    assert main(["run", "--check", "--model", str(bad), "--source", str(model)]) == 2
+    assert main(["run", "--check", "--model", str(bad), "--source", str(woman_video)]) == 2
     err = capsys.readouterr().err.strip()
     assert "does not match its contract" in err and "\n" not in err
 

@@ -24,7 +24,8 @@ from edge.config import CameraConfig, ConfigError
 from edge.daemon import Daemon
 from edge.detect import FaceDetector
 from edge.errors import EdgeError
-from edge.sources.reconnect import VideoFileSource, make_opener, source_kind
+from edge.sources.reconnect import VideoFileSource, make_opener
+from edge.sources.spec import parse_spec
 
 MAIN = (640, 480)
 
@@ -158,16 +159,21 @@ def test_auto_picks_picamera2_when_present_else_v4l2(monkeypatch, photo):
 
 
 def test_source_specs():
-    assert source_kind("auto") == "auto"
-    assert source_kind("picamera2:1") == "picamera2"
-    for s in ("/dev/video0", "v4l2:2", "0", "/dev/v4l/by-id/usb-cam"):
-        assert source_kind(s) == "v4l2"
-    assert source_kind("rtsp://cam/stream") == source_kind("http://cam/mjpg") == "url"
-    assert source_kind("clip.mp4") == "file"
+    assert parse_spec("auto").kind == "auto"
+    assert (parse_spec("picamera2:1").kind, parse_spec("picamera2:1").device) == ("picamera2", 1)
+    for s, dev in (("/dev/video0", 0), ("v4l2:2", 2), ("0", 0), ("/dev/v4l/by-id/usb-cam", "/dev/v4l/by-id/usb-cam"),
+                   ("v4l2:/dev/v4l/by-path/x", "/dev/v4l/by-path/x")):
+        assert (parse_spec(s).kind, parse_spec(s).device) == ("v4l2", dev) and parse_spec(s).is_camera
+    assert parse_spec("rtsp://cam/stream").kind == parse_spec("http://cam/mjpg").kind == "url"
+    assert parse_spec("clip.mp4").kind == "path" and not parse_spec("clip.mp4").is_camera
     with pytest.raises(ConfigError, match="is not a file"):
         make_opener(CameraConfig(source="nope.mp4"))
     with pytest.raises(ConfigError, match="picamera2 index"):
         make_opener(CameraConfig(source="picamera2:x"))
+    with pytest.raises(ConfigError, match=r"camera cam0: source 'v4l2:abc': use v4l2:N"):
+        make_opener(CameraConfig(source="v4l2:abc"))
+    with pytest.raises(ConfigError, match=r"ftp:// is not a stream OpenCV can read"):
+        make_opener(CameraConfig(source="ftp://user:pw@host/x.mp4"))
 
 
 def test_v4l2_missing_device_is_a_clear_error():

@@ -5,13 +5,14 @@ The standard library's ``ThreadingHTTPServer`` is enough for a scraper and a bro
 adds nothing to install. It listens on 127.0.0.1 by default; the configuration refuses any
 other address without a token (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``). Only
 ``/healthz`` answers without the token: it reveals nothing but up/down, and health checkers
-rarely send headers. Frames are private: without ``snapshots``/``mjpeg`` none is kept.
+rarely send headers. Clients should send the token in the header: a URL ends up in logs and
+browser histories (the daemon's own request log redacts it). Frames are private: without
+``snapshots``/``mjpeg`` none is kept.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import threading
 import time
@@ -22,10 +23,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from edge import jsonsafe
 from edge.config import HttpConfig
 from edge.errors import EdgeError
 from edge.metrics import CONTENT_TYPE, Registry
 from edge.sinks import Sink
+from edge.sources.spec import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("HTTP %s " + format, self.client_address[0], *args)
+        # The request line may carry ?token=…: logged redacted, never as sent.
+        log.debug("HTTP %s %s", self.client_address[0], redact_text(format % args))
 
     def _send(self, code: int, body: bytes | str, ctype: str = "application/json") -> None:
         data = body.encode() if isinstance(body, str) else body
@@ -109,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _json(self, code: int, obj: Any) -> None:
-        self._send(code, json.dumps(obj) + "\n")
+        self._send(code, jsonsafe.dumps(obj) + "\n")
 
     def _authorized(self, query: dict[str, list[str]]) -> bool:
         token = self.owner.token
@@ -132,8 +136,9 @@ class _Handler(BaseHTTPRequestHandler):
         o = self.owner
         try:
             if path == "/healthz":
-                ok, detail = o.health_fn()
-                self._json(200 if ok else 503, {"status": "ok" if ok else "degraded", **detail})
+                # Unauthenticated, so up/down only: camera names and reasons are in /api/stats.
+                ok, _detail = o.health_fn()
+                self._json(200 if ok else 503, {"status": "ok" if ok else "degraded"})
                 return
             if not self._authorized(query):
                 self.send_response(401)

@@ -7,7 +7,6 @@ reader tailing it never sees half a record.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from edge import jsonsafe
 from edge.config import JsonlConfig
 from edge.errors import EdgeError
 from edge.sinks import Sink
@@ -78,7 +78,7 @@ class JsonlSink(Sink):
                 self._writer._open()  # fail at start-up, not at the first face
 
     def _emit(self, obj: dict[str, Any]) -> None:
-        line = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        line = jsonsafe.dumps(obj, separators=(",", ":"), ensure_ascii=False)
         with self._lock:
             if self._writer is not None:
                 self._writer.write_line(line)

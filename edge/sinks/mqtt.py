@@ -21,7 +21,6 @@ what a restarted broker forgot (availability, discovery, the latest state) befor
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import re
 import socket
@@ -30,7 +29,7 @@ import threading
 import time
 from typing import Any
 
-from edge import __version__
+from edge import __version__, jsonsafe
 from edge.config import MqttConfig
 from edge.metrics import DaemonMetrics
 from edge.sinks import Sink
@@ -135,7 +134,7 @@ class MqttSink(Sink):
         client.publish(self.avail_topic, "online", qos=1, retain=True)
         if self.cfg.discovery:
             for topic, doc in self.discovery_docs().items():
-                client.publish(topic, json.dumps(doc), qos=1, retain=True)
+                client.publish(topic, jsonsafe.dumps(doc), qos=1, retain=True)
         with self._cond:
             avail = dict(self._camera_avail)
             states = dict(self._latest_state)
@@ -228,7 +227,7 @@ class MqttSink(Sink):
         counts: dict[str, int] = {}
         for lab in labels:
             counts[lab] = counts.get(lab, 0) + 1
-        payload = json.dumps({
+        payload = jsonsafe.dumps({
             "faces": len(faces),
             "expression": expression,
             "expressions": counts,
@@ -241,7 +240,7 @@ class MqttSink(Sink):
 
     def events(self, events: list[dict[str, Any]]) -> None:
         for ev in events:
-            self._enqueue(f"{self.base}/{ev['camera']}/events", json.dumps(ev), self.cfg.qos, False)
+            self._enqueue(f"{self.base}/{ev['camera']}/events", jsonsafe.dumps(ev), self.cfg.qos, False)
 
     def camera_state(self, camera: str, online: bool, reason: str = "") -> None:
         value = "online" if online else "offline"
@@ -250,7 +249,7 @@ class MqttSink(Sink):
         self._enqueue(f"{self.base}/{camera}/availability", value, 1, True)
 
     def stats(self, stats: dict[str, Any]) -> None:
-        self._enqueue(f"{self.base}/stats", json.dumps(stats), 0, False)
+        self._enqueue(f"{self.base}/stats", jsonsafe.dumps(stats), 0, False)
 
     # ---- Home Assistant ------------------------------------------------------------------
     def discovery_docs(self) -> dict[str, dict[str, Any]]:

@@ -17,8 +17,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from edge.errors import EdgeError
+from edge.sources.spec import IMAGE_EXTENSIONS, is_image_path, parse_spec
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264"})
 
 
@@ -52,19 +52,14 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
-def is_camera_spec(spec: str | int) -> bool:
-    if isinstance(spec, int):
-        return True
-    s = str(spec)
-    return s.isdigit() or "://" in s or s.startswith("/dev/video")
-
-
 def open_source(spec: str | int | os.PathLike[str]) -> FrameSource:
     """Open a frame source from a command-line style spec; missing input is an :class:`EdgeError`."""
-    if not isinstance(spec, os.PathLike) and is_camera_spec(spec):
-        from edge.sources.camera import CameraSource
+    if not isinstance(spec, os.PathLike):
+        parsed = parse_spec(spec)
+        if parsed.is_camera:
+            from edge.sources.camera import CameraSource
 
-        return CameraSource(spec)
+            return CameraSource(parsed)
     p = Path(spec)
     if not p.exists():
         raise EdgeError(f"input not found: {p}")
@@ -72,10 +67,13 @@ def open_source(spec: str | int | os.PathLike[str]) -> FrameSource:
         from edge.sources.images import ImageSource
 
         return ImageSource.from_folder(p)
-    if p.suffix.lower() in IMAGE_EXTENSIONS:
+    if is_image_path(p):
         from edge.sources.images import ImageSource
 
         return ImageSource([p], name=str(p))
     from edge.sources.video import VideoSource
 
     return VideoSource(p)
+
+
+__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "Frame", "FrameSource", "is_image_path", "open_source", "parse_spec"]

@@ -1,4 +1,4 @@
-"""A camera by index (``0`` = /dev/video0) or a stream URL (rtsp://, http://), via OpenCV.
+"""A camera by index (``0`` = /dev/video0), device path or a stream URL (rtsp://, http://), via OpenCV.
 
 This is the simple source for ``feredge classify``: it stops when the camera stops. The daemon
 has its own reconnecting and picamera2 sources for unattended use.
@@ -14,6 +14,7 @@ import cv2
 
 from edge.errors import EdgeError
 from edge.sources import Frame
+from edge.sources.spec import SourceSpec, parse_spec, with_password
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +22,24 @@ log = logging.getLogger(__name__)
 class CameraSource:
     kind = "camera"
 
-    def __init__(self, spec: str | int, width: int | None = None, height: int | None = None) -> None:
-        s = str(spec)
-        if s.startswith("/dev/video") and s[len("/dev/video"):].isdigit():
-            s = s[len("/dev/video"):]
-        self.name = f"camera:{s}" if s.isdigit() else s
-        target: int | str = int(s) if s.isdigit() else s
+    def __init__(self, spec: SourceSpec | str | int, width: int | None = None, height: int | None = None,
+                 password: str | None = None) -> None:
+        """``password`` goes into the URL only for opening it; ``name`` and errors never show it."""
+        spec = spec if isinstance(spec, SourceSpec) else parse_spec(spec)
+        if spec.kind == "url":
+            target: int | str = with_password(spec.raw, password) if password else spec.raw
+            self.name = spec.display
+        elif spec.kind == "v4l2" and spec.device is not None:
+            target = spec.device
+            self.name = f"camera:{target}" if isinstance(target, int) else str(target)
+        else:  # auto / picamera2 need the daemon's openers (edge.sources.reconnect)
+            raise EdgeError(f"{spec.display!r} is a `feredge run` source; here use a camera number, /dev/video* "
+                            "or a stream URL")
         self._cap = cv2.VideoCapture(target)
         if not self._cap.isOpened():
             self._cap.release()
-            hint = "check `feredge doctor` for cameras seen" if isinstance(target, int) else "check the URL"
-            raise EdgeError(f"cannot open camera {spec!r}; {hint}")
+            hint = "check `feredge doctor` for cameras seen" if spec.kind == "v4l2" else "check the URL"
+            raise EdgeError(f"cannot open camera {spec.display!r}; {hint}")
         if width:
             self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
         if height:

@@ -27,9 +27,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from edge.config import CameraConfig, ConfigError
+from edge.config import CameraConfig, ConfigError, read_secret
 from edge.errors import EdgeError
 from edge.sources import Frame, FrameSource
+from edge.sources.spec import SourceSpec, parse_spec, redact_text, with_password
 
 log = logging.getLogger(__name__)
 
@@ -45,47 +46,64 @@ class _Failed:
 
 # ---- opening by spec ------------------------------------------------------------------------
 
-def source_kind(spec: str) -> str:
-    """``picamera2`` | ``v4l2`` | ``url`` | ``file`` | ``auto`` for a camera's ``source`` string."""
-    s = spec.strip()
-    if s == "auto":
-        return "auto"
-    if s == "picamera2" or s.startswith("picamera2:"):
-        return "picamera2"
-    if s.startswith("v4l2:") or s.isdigit() or s.startswith("/dev/video") or s.startswith("/dev/v4l/"):
-        return "v4l2"
-    if "://" in s:
-        return "url"
-    return "file"
+def check_source(cfg: CameraConfig) -> SourceSpec:
+    """What can be checked before start-up (``feredge run --check``, and ``run`` itself): the spec
+    parses, a file exists and decodes at least one frame. Errors name the camera, never a secret."""
+    try:
+        spec = parse_spec(cfg.source)
+    except EdgeError as e:
+        raise ConfigError(f"camera {cfg.name}: {e}") from None
+    if spec.kind == "path":
+        p = Path(cfg.source)
+        if not p.is_file():
+            raise ConfigError(f"camera {cfg.name}: source {cfg.source!r} is not a file, a device, a URL or 'auto'")
+        if p.stat().st_size == 0:
+            raise ConfigError(f"camera {cfg.name}: source {cfg.source} is an empty file")
+        _first_frame(cfg.name, p)
+    if (cfg.password_env or cfg.password_credential) and spec.kind != "url":
+        raise ConfigError(f"camera {cfg.name}: password_env / password_credential are for stream URLs only")
+    if spec.kind == "url" and camera_password(cfg):
+        try:
+            with_password(spec.raw, "x")
+        except EdgeError as e:
+            raise ConfigError(f"camera {cfg.name}: {e}") from None
+    return spec
 
 
-def check_source(cfg: CameraConfig) -> None:
-    """What can be checked before start-up (``feredge run --check``): files exist, specs parse."""
-    kind = source_kind(cfg.source)
-    if kind == "file" and not Path(cfg.source).is_file():
-        raise ConfigError(f"camera {cfg.name}: source {cfg.source!r} is not a file, a device, a URL or 'auto'")
-    if kind == "picamera2":
-        idx = cfg.source.partition(":")[2] or "0"
-        if not idx.isdigit():
-            raise ConfigError(f"camera {cfg.name}: picamera2 index {idx!r} is not a number")
+def _first_frame(name: str, path: Path) -> None:
+    from edge.sources.video import VideoSource
+
+    try:
+        src = VideoSource(path)
+    except EdgeError as e:
+        raise ConfigError(f"camera {name}: {e}") from None
+    try:
+        if next(iter(src), None) is None:
+            raise ConfigError(f"camera {name}: {path} has no decodable video frames")
+    finally:
+        src.close()
+
+
+def camera_password(cfg: CameraConfig) -> str | None:
+    """A stream URL's password from a systemd credential or the environment (never the file)."""
+    return read_secret(None, cfg.password_env, cfg.password_credential, what=f"camera {cfg.name} password")
 
 
 def make_opener(cfg: CameraConfig) -> tuple[Opener, bool, bool]:
     """``(opener, finite, live)`` for a camera config. ``finite``: the feed ends when the
     source ends (a video file without ``loop``); ``live``: drop stale frames."""
-    check_source(cfg)
-    kind = source_kind(cfg.source)
-    if kind == "auto":
+    spec = check_source(cfg)
+    if spec.kind == "auto":
         return (lambda: _open_auto(cfg)), False, True
-    if kind == "picamera2":
-        index = int(cfg.source.partition(":")[2] or 0)
+    if spec.kind == "picamera2":
+        index = int(spec.device or 0)
         return (lambda: _open_picamera2(cfg, index)), False, True
-    if kind == "v4l2":
-        return (lambda: _open_v4l2(cfg, cfg.source)), False, True
-    if kind == "url":
+    if spec.kind == "v4l2":
+        return (lambda: _open_v4l2(cfg, spec.device)), False, True
+    if spec.kind == "url":
         from edge.sources.camera import CameraSource
 
-        return (lambda: CameraSource(cfg.source)), False, True
+        return (lambda: CameraSource(spec, password=camera_password(cfg))), False, True
     return (lambda: VideoFileSource(Path(cfg.source), pace=cfg.pace, loop=cfg.loop)), not cfg.loop, False
 
 
@@ -95,10 +113,10 @@ def _open_picamera2(cfg: CameraConfig, index: int) -> FrameSource:
     return Picamera2Source(index, width=cfg.width, height=cfg.height, fps=cfg.fps, timeout=cfg.read_timeout)
 
 
-def _open_v4l2(cfg: CameraConfig, spec: str) -> FrameSource:
-    from edge.sources.v4l2 import V4l2Source, parse_device
+def _open_v4l2(cfg: CameraConfig, device: int | str | None) -> FrameSource:
+    from edge.sources.v4l2 import V4l2Source
 
-    return V4l2Source(parse_device(spec), width=cfg.width, height=cfg.height, fps=cfg.fps)
+    return V4l2Source(0 if device is None else device, width=cfg.width, height=cfg.height, fps=cfg.fps)
 
 
 def _open_auto(cfg: CameraConfig) -> FrameSource:
@@ -111,7 +129,7 @@ def _open_auto(cfg: CameraConfig) -> FrameSource:
     devices = list_devices()
     if not devices:
         raise EdgeError("no camera found (no Pi camera via picamera2, no /dev/video*)")
-    return _open_v4l2(cfg, devices[0])
+    return _open_v4l2(cfg, parse_spec(devices[0]).device)
 
 
 class VideoFileSource:
@@ -325,5 +343,6 @@ class CameraFeed:
 
 
 def _short(e: BaseException) -> str:
+    """One line for a reason/log; a driver's message may quote the URL it was given, so redacted."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}" if not isinstance(e, EdgeError) else text
+    return redact_text(f"{type(e).__name__}: {text}" if not isinstance(e, EdgeError) else text)

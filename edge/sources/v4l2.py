@@ -25,16 +25,6 @@ def list_devices() -> list[str]:
     return sorted(glob.glob("/dev/video*"), key=lambda p: (len(p), p))
 
 
-def parse_device(spec: str) -> str | int:
-    """``v4l2:/dev/video0`` / ``/dev/video0`` / ``v4l2:0`` / ``0`` -> what VideoCapture wants."""
-    s = spec.removeprefix("v4l2:")
-    if s.isdigit():
-        return int(s)
-    if s.startswith("/dev/video") and s[len("/dev/video"):].isdigit():
-        return int(s[len("/dev/video"):])
-    return s  # a udev alias such as /dev/v4l/by-id/...
-
-
 class V4l2Source:
     kind = "camera"
 
