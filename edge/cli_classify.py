@@ -47,13 +47,22 @@ def _check_inputs(specs: list[str]) -> None:
             raise EdgeError(f"input not found: {s}")
 
 
+def _input_kind(spec: str) -> str:
+    """What ``open_source`` will make of an input, without opening it: camera, images or video."""
+    from edge.sources import is_image_path, parse_spec
+
+    if parse_spec(spec).is_camera:
+        return "camera"
+    return "images" if Path(spec).is_dir() or is_image_path(spec) else "video"
+
+
 # What OpenCV's mp4v writer can put in a container here.
 VIDEO_OUTPUTS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
 
 
 def _check_target(target: Path, kind: str, is_file: bool) -> None:
-    """Refuse an --annotate target before any frame is processed: a name OpenCV cannot write,
-    an image name for a video input, a folder that cannot be written."""
+    """Refuse an --annotate target before the model loads: a name OpenCV cannot write, an image
+    name for a video input, a folder that cannot be written. ``is_file``: OUT names one file."""
     import cv2
 
     from edge.errors import EdgeError
@@ -104,6 +113,12 @@ def run(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         raise EdgeError("--max-frames must be >= 1")
     _check_inputs(args.inputs)
+    if args.annotate:
+        out = Path(args.annotate)
+        for spec in args.inputs:
+            kind = _input_kind(spec)
+            single = len(args.inputs) == 1 and not (kind == "images" and Path(spec).is_dir())
+            _check_target(out, kind, is_file=single and bool(out.suffix))
     clf = Classifier(args.model, backend=args.backend, device=args.device, num_threads=args.threads,
                      min_score=args.min_score)
     det = FaceDetector(DetectorConfig(cascade=args.cascade, detect_width=args.detect_width, min_face=args.min_face))
@@ -118,12 +133,6 @@ def run(args: argparse.Namespace) -> int:
         source = open_source(spec)
         single = len(args.inputs) == 1 and not (source.kind == "images" and Path(spec).is_dir())
         target = _annotate_path(out, source, single) if out else None
-        if target is not None:
-            try:
-                _check_target(target, source.kind, is_file=(single and bool(out.suffix)) or source.kind != "images")
-            except BaseException:
-                source.close()
-                raise
         writer = VideoWriter(target, source.fps) if target and source.kind != "images" else None
         ok = False
         try:

@@ -180,6 +180,8 @@ class Contract:
             return cls.from_json(p.read_bytes())
         except FileNotFoundError:
             raise ContractError(f"model contract not found: {p}") from None
+        except ContractError as e:
+            raise ContractError(f"{p}: {e}") from None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         atomic_write_text(path, self.to_json())
@@ -198,8 +200,8 @@ class Contract:
         actual = sha256_file(p)
         if actual != rec["sha256"]:
             raise ContractError(
-                f"{p} does not match its contract (sha256 {actual[:12]}… != {rec['sha256'][:12]}…): "
-                "the file was modified or belongs to another export"
+                f"{p} does not match its contract: its sha256 is {actual}, the contract says {rec['sha256']} "
+                "(the file was modified or belongs to another export)"
             )
 
     def for_artifact(self, artifact_name: str) -> Contract:
@@ -258,15 +260,19 @@ def extract(artifact: str | os.PathLike[str]) -> Contract | None:
     if p.suffix == ".tflite":
         try:
             with zipfile.ZipFile(p) as zf:
-                if EMBED_NAME in zf.namelist():
-                    return Contract.from_json(zf.read(EMBED_NAME))
+                if EMBED_NAME not in zf.namelist():
+                    return None
+                text: str | bytes | None = zf.read(EMBED_NAME)
         except zipfile.BadZipFile:
             return None
-        return None
-    if p.suffix == ".onnx":
+    elif p.suffix == ".onnx":
         text = _onnx_metadata(p)
+    else:
+        return None
+    try:
         return Contract.from_json(text) if text else None
-    return None
+    except ContractError as e:
+        raise ContractError(f"{p} (embedded contract): {e}") from None
 
 
 def _onnx_metadata(p: Path) -> str | None:

@@ -48,12 +48,15 @@ def collect(model: str | None = None, backend: str = "auto") -> dict[str, Any]:
         name: _pkg_version(backends.backend_module(name).PACKAGE) for name in backends.BACKENDS
     }
     runtime = None
+    if backend != "auto":
+        backends.backend_module(backend)  # an unknown name is bad input (one-line error), not a missing package
     try:
         runtime = backends.load_runtime(backend)
         r["interpreter"] = {"backend": runtime.name, "version": runtime.version}
     except FeredgeError as e:
         r["interpreter"] = {"error": str(e)}
-        todo.append("pip install ai-edge-litert  (the TFLite interpreter)")
+        pkg = backends.backend_module(backend).PACKAGE if backend != "auto" else "ai-edge-litert"
+        todo.append(f"pip install {pkg}  (the TFLite interpreter)")
 
     # OpenCV and the face cascade.
     try:
@@ -96,6 +99,7 @@ def collect(model: str | None = None, backend: str = "auto") -> dict[str, Any]:
 
     # Model.
     r["model"] = _check_model(model, backend if runtime is not None else None, todo)
+    r["model_given"] = model is not None
     r["can_run"] = runtime is not None and bool(r.get("cascade")) and r["model"].get("ok", False)
     r["can_run_without_model"] = runtime is not None and bool(r.get("cascade"))
     return r
@@ -119,7 +123,9 @@ def _check_model(model: str | None, backend: str | None, todo: list[str]) -> dic
         return info
     except FeredgeError as e:
         if model is None:
-            todo.append("pass --model PATH (a .tflite or export directory) until a default model ships")
+            todo.append("pass --model PATH (a .tflite or export directory)")
+        else:
+            todo.append(f"the model {model} cannot be used: re-export it or copy it again")
         return {"ok": False, "why": str(e)}
 
 
@@ -150,11 +156,13 @@ def _print_human(r: dict[str, Any]) -> None:
         out(f"[ OK ] model: {m['name']} ({m['model']}) input {m['input']} {m['input_quant']['dtype']}, "
             f"{len(m['labels'])} labels [{', '.join(m['labels'])}], {m['activation']} T={m['temperature']}, {sha}\n")
     else:
-        out(f"[ -- ] model: {m['why']}\n")
+        out(f"[{'FAIL' if r['model_given'] else ' -- '}] model: {m['why']}\n")
     for t in r["todo"]:
         out(f"  to do: {t}\n")
     if r["can_run"]:
         out("summary: ready — feredge classify can run here\n")
+    elif r["model_given"] and r["can_run_without_model"]:
+        out("summary: runtime ready, but the model given cannot be used\n")
     elif r["can_run_without_model"]:
         out("summary: runtime ready; a model is needed (--model PATH)\n")
     else:
@@ -167,4 +175,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(r, default=str))
     else:
         _print_human(r)
+    if r["model_given"] and not r["model"].get("ok"):
+        return 1  # the model asked about does not work: say so in the exit status too
     return 0 if r["can_run_without_model"] else 1

@@ -53,6 +53,8 @@ class FrameResult:
         if self.frame.pts is not None:
             d["pts"] = self.frame.pts
         d["faces"] = [f.to_dict() for f in self.faces]
+        if self.frame.warnings:
+            d["warnings"] = list(self.frame.warnings)
         return d
 
 

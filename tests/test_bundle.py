@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import CACHE, need
+from helpers import CACHE, need
 
 from edge.cli import main
 from export.bundle import TARGETS, build_bundle

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_daemon import RecordingSink, make_config, start, stop, wait_until
+from helpers import RecordingSink, make_config, start, stop, wait_until
 
 from edge.config import CameraConfig, ConfigError
 from edge.daemon import Daemon

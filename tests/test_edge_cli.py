@@ -141,7 +141,31 @@ def test_missing_and_tampered_model_one_line_exit_2(model_dir: Path, astronaut_j
     r = _feredge("classify", "--model", str(bad), str(astronaut_jpg))
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert lines[0].startswith(f"feredge classify: error: {p} does not match its contract (sha256 ")
+    # both hashes in full: two prefixes can be equal when the files differ further on
+    from edge.contract import Contract
+    from edge.fsutil import sha256_file
+
+    recorded = Contract.load(bad / "tiny.json").artifacts[p.name]["sha256"]
+    assert lines[0] == (f"feredge classify: error: {p} does not match its contract: its sha256 is {sha256_file(p)}, "
+                        f"the contract says {recorded} (the file was modified or belongs to another export)")
+
+    # doctor on the same tampered model: a failed check and a non-zero exit, not "ready"
+    r = _feredge("doctor", "--model", str(bad))
+    assert r.returncode == 1, r.stdout
+    assert f"[FAIL] model: {p} does not match its contract" in r.stdout and "pass --model" not in r.stdout
+    assert "runtime ready, but the model given cannot be used" in r.stdout
+
+
+def test_doctor_unknown_backend_and_invalid_contract_messages(model_dir: Path, tmp_path: Path, astronaut_jpg: Path):
+    r = _feredge("doctor", "--backend", "bogus")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "feredge doctor: error: unknown backend 'bogus': choose auto, litert, tflite-runtime, tensorflow"]
+    bad = tmp_path / "badjson"
+    shutil.copytree(model_dir, bad)
+    (bad / "tiny.json").write_text('{"schema": "feredge.contract/1", "name": "tiny", "labels": []}')
+    r = _feredge("classify", "--model", str(bad), str(astronaut_jpg))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"feredge classify: error: {bad / 'tiny.json'}: contract has no labels"], r.stderr
 
 
 def test_doctor(model_dir: Path, capsys):
@@ -168,7 +192,7 @@ def test_doctor_without_a_usable_interpreter_exits_1(capsys):
     assert main(["doctor", "--backend", "tflite-runtime"]) == 1
     out = capsys.readouterr().out
     assert "[FAIL] interpreter: backend 'tflite-runtime' is not installed" in out
-    assert "to do: pip install ai-edge-litert" in out
+    assert "to do: pip install tflite-runtime" in out  # the package of the backend asked for
     assert "summary: cannot classify yet" in out
 
 

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import need
-from test_daemon import ScriptedSource, make_config, start, stop, wait_until
+from helpers import ScriptedSource, make_config, need, start, stop, wait_until
 
 from edge.daemon import Daemon
 
@@ -272,4 +271,54 @@ def test_example_config_end_to_end(tmp_path, edge_tiny_model, woman_video):
             proc.kill()
             proc.wait()
         sub.close()
+        broker.stop()
+
+
+def test_connection_failures_say_why_and_connected_starts_at_zero(tmp_path, caplog):
+    """DNS, refused, TLS and auth failures each get one WARNING naming the cause (none was logged,
+    even with -v), and feredge_mqtt_connected reads 0 before the first success, so an alert on
+    == 0 fires for a daemon that never connected."""
+    import logging
+
+    from edge.config import MqttConfig
+    from edge.metrics import DaemonMetrics
+    from edge.sinks.mqtt import MqttSink
+
+    port = free_port()
+    broker = Broker(tmp_path, port)
+    pw = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    need(os.path.exists(pw), "mosquitto_passwd is not installed (apt install mosquitto)")
+    passwd = tmp_path / "passwd"
+    subprocess.run([pw, "-c", "-b", str(passwd), "alice", "right"], check=True, capture_output=True)
+    # as root, mosquitto drops to its own user, which cannot read the test's private folder
+    run_as = "user root\n" if os.geteuid() == 0 else ""
+    broker.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n"
+                           f"persistence false\n{run_as}")
+    broker.start()
+    cases = [
+        ({"host": "no-such-host.invalid", "port": port}, "cannot resolve 'no-such-host.invalid' (DNS"),
+        ({"host": "127.0.0.1", "port": free_port()}, "connection refused by 127.0.0.1:"),
+        ({"host": "127.0.0.1", "port": port, "tls": True, "tls_insecure": True}, "TLS handshake with 127.0.0.1:"),
+        ({"host": "127.0.0.1", "port": port, "username": "alice"},
+         "the broker refused the connection: Not authorized (check mqtt.username and the password)"),
+    ]
+    caplog.set_level(logging.DEBUG, logger="edge.sinks.mqtt")
+    try:
+        for settings, reason in cases:
+            caplog.clear()
+            metrics = DaemonMetrics()
+            sink = MqttSink(MqttConfig(enabled=True, reconnect_min=1, reconnect_max=1, **settings), ["cam0"],
+                            password="wrong" if "username" in settings else None, metrics=metrics)
+            assert "feredge_mqtt_connected 0" in metrics.registry.render().splitlines()
+            sink.start()
+            try:
+                assert wait_until(lambda r=reason: r in caplog.text, 30), (reason, caplog.text)
+                assert wait_until(lambda: "still cannot connect" in caplog.text, 30)  # retried ...
+            finally:
+                sink.close()
+            warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "cannot connect" in r.message]
+            assert len(warnings) == 1, [r.message for r in warnings]  # ... but said once, not every second
+            assert "feredge_mqtt_connected 0" in metrics.registry.render().splitlines()
+            assert "wrong" not in caplog.text
+    finally:
         broker.stop()

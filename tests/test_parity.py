@@ -239,6 +239,17 @@ def test_bad_missing_footage(tiny, tmp_path, capsys):
     assert "footage not found" in msg
 
 
+def test_footage_without_a_face_is_an_error_not_a_pass(tiny, tmp_path, capsys):
+    # Nothing compared must not read as PASS with agreement null.
+    blank = tmp_path / "wall.png"
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 127, np.uint8))
+    rep = tmp_path / "rep"
+    msg = _bad(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["tflite"]),
+               "--data", str(tiny["data"]), "--footage", str(blank), "--report", str(rep))
+    assert msg.startswith("feredge parity: error: no face found in the footage") and "1 frames searched" in msg
+    assert not rep.exists() or not any(rep.iterdir())  # no report that could be taken for a pass
+
+
 def test_tiny_npz_test_split(tiny, tmp_path, capsys):
     """Arrays with x_test/y_test: --split test picks them; labels are output indices."""
     rng = np.random.default_rng(5)

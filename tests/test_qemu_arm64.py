@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CACHE, need
+from helpers import CACHE, need
 
 from export.bundle import TARGETS, build_bundle, tree_hash
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import need
+from helpers import need
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "feredge.service"
@@ -46,6 +46,11 @@ def test_unit_essentials():
     s = _unit_settings()
     assert s["Type"] == ["notify"]
     assert s["ExecStart"] == [f"{EXEC} run"]
+    # A config error (exit 2) must stop the service, not restart it every RestartSec: systemd
+    # applies RestartPreventExitStatus= to the main process only, so no check may fail before it
+    # (a "-" prefix would make a failure there ignored, which is harmless).
+    assert s["RestartPreventExitStatus"] == ["2"] and s["Restart"] == ["on-failure"]
+    assert all(v.startswith("-") for v in s.get("ExecStartPre", [])), s["ExecStartPre"]
     assert int(s["WatchdogSec"][0]) > 0
     assert s["User"] == ["feredge"] and s["SupplementaryGroups"] == ["video plugdev"]
     for key, value in {"ProtectSystem": "strict", "NoNewPrivileges": "yes", "CapabilityBoundingSet": "",

@@ -41,6 +41,41 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "feredge"
 
 
+def connect_error(e: BaseException, host: str, port: int, tls: bool = False) -> str:
+    """Why a connection attempt failed, in words a user can act on."""
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve {host!r} (DNS: {e.strerror or e})"
+    if isinstance(e, ConnectionRefusedError):
+        return f"connection refused by {host}:{port} (is the broker running, and on that port?)"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate was not accepted ({e.verify_message or e})"
+    if isinstance(e, ssl.SSLError) or (tls and isinstance(e, (ConnectionResetError, BrokenPipeError))):
+        why = getattr(e, "reason", None) or e.strerror or e
+        return f"TLS handshake with {host}:{port} failed ({why}; is the port a TLS port?)"
+    if isinstance(e, TimeoutError):
+        return f"no answer from {host}:{port} (timed out)"
+    return f"{type(e).__name__}: {e}"
+
+
+def _client_class() -> type:
+    import paho.mqtt.client as mqtt
+
+    class Client(mqtt.Client):
+        """paho swallows the exception of a failed (re)connect before ``on_connect_fail`` runs;
+        this keeps it, so the log can say why (DNS, refused, TLS) instead of nothing."""
+
+        last_error: BaseException | None = None
+
+        def reconnect(self):  # type: ignore[override]
+            try:
+                return super().reconnect()
+            except OSError as e:
+                self.last_error = e
+                raise
+
+    return Client
+
+
 class MqttSink(Sink):
     name = "mqtt"
 
@@ -66,12 +101,15 @@ class MqttSink(Sink):
         self.connects = 0
         self._client: Any = None
         self._sender: threading.Thread | None = None
+        self._last_failure: str | None = None
+        if metrics:
+            metrics.mqtt_connected.set(0)  # a sample from the start, so an alert on == 0 fires
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         import paho.mqtt.client as mqtt  # only when MQTT is enabled
 
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.node_id, clean_session=True)
+        c = _client_class()(mqtt.CallbackAPIVersion.VERSION2, client_id=self.node_id, clean_session=True)
         c.will_set(self.avail_topic, "offline", qos=1, retain=True)
         if self.cfg.username:
             c.username_pw_set(self.cfg.username, self.password)
@@ -83,6 +121,7 @@ class MqttSink(Sink):
         # paho's own store of unacknowledged QoS>0 messages is bounded too.
         c.max_queued_messages_set(self.cfg.queue_size)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         self._client = c
         # connect_async + loop_start: an absent broker is retried in the background with
@@ -124,10 +163,27 @@ class MqttSink(Sink):
         return self._connected
 
     # ---- paho callbacks (network thread) -------------------------------------------------
+    def _failed(self, why: str) -> None:
+        """A failed attempt: WARNING the first time and whenever the reason changes, DEBUG while
+        it repeats (paho retries with backoff; the log must not fill with the same line)."""
+        if why != self._last_failure:
+            log.warning("MQTT: cannot connect to %s:%d: %s; retrying with backoff", self.cfg.host, self.cfg.port, why)
+        else:
+            log.debug("MQTT: still cannot connect: %s", why)
+        self._last_failure = why
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        e = getattr(client, "last_error", None)
+        tls = self.cfg.tls or bool(self.cfg.ca_file)
+        self._failed(connect_error(e, self.cfg.host, self.cfg.port, tls) if e else "unknown error")
+
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if getattr(reason_code, "is_failure", False):
-            log.warning("MQTT: broker refused the connection: %s", reason_code)
+            hint = " (check mqtt.username and the password)" if "authori" in str(reason_code).lower() or \
+                "password" in str(reason_code).lower() else ""
+            self._failed(f"the broker refused the connection: {reason_code}{hint}")
             return
+        self._last_failure = None
         self.connects += 1
         log.info("MQTT: connected to %s:%d", self.cfg.host, self.cfg.port)
         # Restate everything retained first: the broker may have restarted and forgotten it.

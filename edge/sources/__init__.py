@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -33,6 +33,8 @@ class Frame:
     ts: float
     source: str
     pts: float | None = None
+    # What the decoder let through but the user should know (e.g. a truncated JPEG).
+    warnings: list[str] = field(default_factory=list)
 
 
 @runtime_checkable

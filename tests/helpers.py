@@ -1,0 +1,185 @@
+"""Helpers shared by the test modules (one place: tests import from here, not from each other).
+
+``need`` skips a test whose prerequisite is missing, except under ``CI=true`` where it fails.
+The daemon helpers run a real :class:`edge.daemon.Daemon` in-process; ``ScriptedSource`` is the
+thin stand-in for a camera driver (none exists here) and ``RecordingSink`` a sink that records.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge import config as C
+from edge.daemon import Daemon
+from edge.sinks import Sink
+from edge.sources import Frame
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FEREDGE_SHARED", ROOT.parent / "shared"))
+CACHE = Path(os.environ.get("FEREDGE_CACHE", ROOT / ".cache"))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip when a prerequisite is missing — except in CI, where that is a failure."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+def wait_until(cond, timeout: float = 60.0, interval: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(interval)
+    return bool(cond())
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's ``$NOTIFY_SOCKET``."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+
+    def times(self, key: str, value: str | None = None) -> list[float]:
+        return [t for t, m in list(self.messages) if key in m and (value is None or m[key] == value)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(timeout=2)
+        self.sock.close()
+
+
+class ScriptedSource:
+    """Thin stand-in for a camera driver (none exists here): plays a script of real images,
+    ``"fail"`` (the driver raises), ``"stall"`` (a read that never returns)."""
+
+    kind = "camera"
+    fps = None
+
+    def __init__(self, script: list[Any], name: str = "scripted", repeat_last: bool = False) -> None:
+        self.script, self.name, self.repeat_last = script, name, repeat_last
+        self.closed = False
+        self.release = threading.Event()
+
+    def __iter__(self):
+        i = 0
+        items = list(self.script)
+        while items:
+            item = items.pop(0)
+            if isinstance(item, str) and item == "fail":
+                raise RuntimeError("VIDIOC_DQBUF: No such device")
+            if isinstance(item, str) and item == "stall":
+                self.release.wait()
+                return
+            yield Frame(image=item, index=i, ts=time.time(), source=self.name)
+            i += 1
+            if not items and self.repeat_last:
+                items.append(item)
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        self.closed = True
+        self.release.set()
+
+
+class RecordingSink(Sink):
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.frames: list[dict] = []
+        self.events_: list[dict] = []
+        self.states: list[tuple[str, bool, str]] = []
+        self.block = threading.Event()
+        self.block_after: int | None = None
+        self.blocked_at: float | None = None
+
+    def frame(self, camera, record):
+        self.frames.append(record)
+        if self.block_after is not None and len(self.frames) >= self.block_after and not self.block.is_set():
+            # Stands in for an output that blocks (a full pipe, a hung NFS write): the frame
+            # loop stalls inside the sink.
+            self.blocked_at = time.monotonic()
+            self.block.wait()
+
+    def events(self, events):
+        self.events_.extend(events)
+
+    def camera_state(self, camera, online, reason=""):
+        self.states.append((camera, online, reason))
+
+
+def make_config(model: Path, **sections: dict[str, Any]) -> C.Config:
+    cfg = C.Config()
+    cfg.model.path = str(model)
+    cfg.jsonl.enabled = False
+    cfg.http.enabled = False
+    cfg.daemon.startup_timeout = 30.0
+    cfg.daemon.stats_interval = 3600.0
+    cfg.camera[0].read_timeout = 1.0
+    cfg.camera[0].reconnect_min = 0.05
+    cfg.camera[0].reconnect_max = 0.2
+    for section, values in sections.items():
+        target = cfg.camera[0] if section == "camera" else getattr(cfg, section)
+        for k, v in values.items():
+            setattr(target, k, v)
+    return cfg.validate()
+
+
+def start(daemon: Daemon) -> threading.Thread:
+    daemon.setup()
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        result["rc"] = daemon.run(install_signals=False)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.result = result  # type: ignore[attr-defined]
+    t.start()
+    return t
+
+
+def stop(daemon: Daemon, t: threading.Thread) -> int:
+    daemon.request_stop()
+    t.join(timeout=30)
+    assert not t.is_alive(), "daemon did not stop"
+    return t.result["rc"]  # type: ignore[attr-defined]
+
+
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, str]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), e.headers.get("Content-Type", "")
