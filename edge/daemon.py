@@ -52,9 +52,6 @@ class CameraState:
     infer_ms: float = 0.0  # EMA of per-face inference time
     detect_ms: float = 0.0
     last_frame: float | None = None
-    det_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # in detection-plane pixels
-    since_full: int = 0
-    full_searches: int = 0
     _fps_frames: int = 0
     _fps_time: float = field(default_factory=time.monotonic)
 
@@ -104,7 +101,7 @@ class Daemon:
         m = self.cfg.model
         clf = Classifier(m.path, backend=m.backend, device=m.device, num_threads=m.num_threads)
         det = FaceDetector(self.cfg.detector)
-        return Pipeline(clf, det)
+        return Pipeline(clf, det, redetect_every=self.cfg.detector.redetect_every)
 
     def setup(self) -> None:
         """Load the model (one interpreter per camera: they are not thread-safe), open sinks.
@@ -241,7 +238,7 @@ class Daemon:
                 log.info("camera %s: %dx%d frames; faces smaller than %d px are not detected (detector.min_face "
                          "= %d, detect_width = %d)", name, image.shape[1], image.shape[0], round(smallest),
                          pipe.detector.config.min_face, pipe.detector.config.detect_width)
-            boxes = self._detect(cam, plane)
+            boxes = pipe.detect(plane, chained=True)
             if plane is not gray:
                 sy, sx = image.shape[0] / plane.shape[0], image.shape[1] / plane.shape[1]
                 boxes = [(round(x * sx), round(y * sy), round(w * sx), round(h * sy)) for x, y, w, h in boxes]
@@ -274,22 +271,6 @@ class Daemon:
             record["pts"] = frame.pts
         record["faces"] = [f.to_dict() for f in upd.faces]
         return record
-
-    def _detect(self, cam: CameraState, plane: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Full-frame search every ``redetect_every`` frames; in between, re-find the known faces
-        near their last boxes (the runtime's ``detect_near``), falling back to a full search
-        as soon as one is lost. New faces are therefore found within ``redetect_every`` frames."""
-        det = cam.pipeline.detector
-        boxes = None
-        if cam.det_boxes and cam.since_full < self.cfg.detector.redetect_every:
-            boxes = det.detect_near(plane, cam.det_boxes)
-        if boxes is None:
-            boxes = det.detect_gray(plane)
-            cam.since_full = 0
-            cam.full_searches += 1
-        cam.since_full += 1
-        cam.det_boxes = list(boxes)
-        return boxes
 
     # ---- health, stats, status -----------------------------------------------------------
     def camera_healthy(self, cam: CameraState, now: float | None = None) -> bool:
@@ -333,7 +314,7 @@ class Daemon:
                            for t in c.tracker.tracks if t.confirmed],
                 "inference_ms": round(c.infer_ms, 3),
                 "detect_ms": round(c.detect_ms, 3),
-                "full_searches": c.full_searches,
+                "full_searches": c.pipeline.full_searches,
             }
         if self.mqtt is not None:
             out["mqtt"] = {"connected": self.mqtt.connected, "queued": self.mqtt.queue_length(),

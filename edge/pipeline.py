@@ -90,16 +90,16 @@ class Pipeline:
         self.full_searches = 0  # counters, for logs and benchmarks
         self.near_searches = 0
 
-    def faces(self, image: np.ndarray, gray: np.ndarray | None = None, previous: list[Box] | None = None,
-              still: bool = False) -> list[Face]:
-        """Faces in one image (BGR or grey). Pass ``gray`` when you already have it (a Y plane);
-        pass ``previous`` boxes to search near them first (falls back to a full search);
-        ``still``: a photo, searched finely enough for its smallest face."""
-        if gray is None:
-            gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    def detect(self, gray: np.ndarray, *, chained: bool = False, still: bool = False) -> list[Box]:
+        """Face boxes in a grey plane, on the re-detection schedule (the one implementation, used
+        by ``classify`` and the daemon): while ``chained`` (this frame follows the previous one of
+        the same stream) and fewer than ``redetect_every`` frames have passed since the last full
+        search, faces are re-found near their last boxes; otherwise, or when one is lost, the
+        whole plane is searched. ``still``: a photo, searched finely enough for ``min_face``."""
+        self._since_full += 1
         boxes = None
-        if previous:
-            boxes = self.detector.detect_near(gray, previous)
+        if chained and self._boxes and self._since_full < self.redetect_every:
+            boxes = self.detector.detect_near(gray, self._boxes)
             self.near_searches += 1
         if boxes is None:
             boxes = self.detector.detect_gray(gray, still)
@@ -107,8 +107,16 @@ class Pipeline:
             self._since_full = 0
         if self.max_faces is not None:
             boxes = boxes[: self.max_faces]
-        self._boxes = boxes
-        return self.classify_boxes(image, boxes, gray)
+        self._boxes = list(boxes)
+        return boxes
+
+    def faces(self, image: np.ndarray, gray: np.ndarray | None = None, *, chained: bool = False,
+              still: bool = False) -> list[Face]:
+        """Faces in one image (BGR or grey), detected on :meth:`detect`'s schedule and classified.
+        Pass ``gray`` when you already have it (a Y plane)."""
+        if gray is None:
+            gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        return self.classify_boxes(image, self.detect(gray, chained=chained, still=still), gray)
 
     def classify_boxes(self, image: np.ndarray, boxes: Iterable[Box], gray: np.ndarray | None = None) -> list[Face]:
         """Classify given boxes (e.g. from a tracker) with crops from the full-resolution frame."""
@@ -118,11 +126,9 @@ class Pipeline:
 
     def process(self, frame: Frame, still: bool = False) -> FrameResult:
         # Image folders give every file its own source name, so only video/camera frames chain.
-        consecutive = not still and self._last == (frame.source, frame.index - 1)
-        self._since_full += 1
-        previous = self._boxes if consecutive and self._boxes and self._since_full < self.redetect_every else None
+        chained = not still and self._last == (frame.source, frame.index - 1)
         self._last = (frame.source, frame.index)
-        return FrameResult(frame, self.faces(frame.image, previous=previous, still=still))
+        return FrameResult(frame, self.faces(frame.image, chained=chained, still=still))
 
     def run(self, source: Iterable[Frame], max_frames: int | None = None) -> Iterator[FrameResult]:
         still = getattr(source, "kind", None) == "images"

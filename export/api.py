@@ -40,7 +40,7 @@ from edge.contract import (
     parse_normalize,
 )
 from edge.errors import FeredgeError
-from edge.fsutil import publish, staging_dir
+from edge.fsutil import current_umask, publish, staging_dir
 from edge.preprocess import prepare_batch
 from export import calibration as cal
 from export import report as rep
@@ -547,22 +547,10 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
 def _readable(stage: Path) -> None:
     """Atomic writes start as 0600 temp files; the device service usually runs as another user
     (systemd DynamicUser), so published files get the usual 0644 minus the umask."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = current_umask()  # read, never set: setting races with files other threads create
     for f in stage.iterdir():
         if f.is_file():
             f.chmod(0o644 & ~mask)
 
 
-def load_report(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The export report of a finished export (for the parity suite and tests)."""
-    import json
-
-    p = Path(out_dir) / rep.JSON_NAME
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExportError(f"no {rep.JSON_NAME} in {out_dir}") from None
-
-
-__all__ = ["ExportResult", "export_model", "load_report", "parse_labels"]
+__all__ = ["ExportResult", "export_model", "parse_labels"]

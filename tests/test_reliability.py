@@ -131,6 +131,8 @@ def test_camera_password_from_env_reaches_the_camera_and_is_never_shown(edge_tin
         cam.close()
     shown = f"http://***@127.0.0.1:{cam.port}/stream.mjpg?token=***"
     assert rec.frames[0]["source"] == shown
+    # a camera says once what the detection scale can see (320 px wide frames: 40-px faces)
+    assert caplog.text.count("camera cam0: 320x320 frames; faces smaller than 40 px are not detected") == 1
     assert json.loads(health[1]) == {"status": "ok"}  # up/down and nothing else
     everything = "\n".join([stats, jsonl.getvalue(), caplog.text, *capfd.readouterr(), json.dumps(rec.frames[:3])])
     for secret in (PASSWORD, "p%40ss", "also-secret", f"{USER}@"):
@@ -216,6 +218,11 @@ def test_small_faces_in_a_large_photo_are_found_with_the_defaults(astronaut_bgr,
     r = _feredge("classify", "--json", str(photo))
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)["faces"]) == 16
+    # what the defaults did before: searched at 320 px, the faces are under the cascade's window
+    from edge.detect import FaceDetector
+
+    det = FaceDetector()
+    assert det.detect(sheet) == [] and det.smallest_face(2400) == 180
 
 
 def test_annotate_targets_that_cannot_be_written(astronaut_bgr, tmp_path, woman_video):
