@@ -30,7 +30,7 @@ SYSTEM_CASCADE_DIRS = (
 # The cascade's own training window: asking for smaller faces finds nothing more.
 _CASCADE_WINDOW = 24
 
-Box = tuple[int, int, int, int]
+Box = tuple[int, int, int, int]  # x, y, w, h in full-frame pixels
 
 
 def cascade_search_dirs() -> list[Path]:

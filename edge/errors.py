@@ -19,3 +19,14 @@ class EdgeError(FeredgeError):
 
 class ContractError(EdgeError):
     """A model contract is missing, malformed or does not match its artifact."""
+
+
+def one_line(e: BaseException, limit: int = 240, *, with_type: bool = True) -> str:
+    """An exception as one line of at most ``limit`` characters, for a message or a reason.
+
+    A user-facing error is its own message; anything else is prefixed with its type (unless
+    ``with_type`` is off), since "[Errno 2] No such file" alone does not say what failed."""
+    text = " ".join(str(e).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text if isinstance(e, FeredgeError) or not with_type else f"{type(e).__name__}: {text}"

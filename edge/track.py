@@ -21,10 +21,8 @@ from typing import Any
 import numpy as np
 
 from edge.config import TrackingConfig
-
-Box = tuple[int, int, int, int]  # x, y, w, h in full-frame pixels
-
-UNCERTAIN = "uncertain"
+from edge.detect import Box
+from edge.model import UNCERTAIN
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -418,7 +418,7 @@ def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: 
 
     from export import edgetpu as etpu
     from export import onnxconv, runners, tflite
-    from export.metrics import accuracy, compare
+    from export.scoring import accuracy, compare
 
     files: dict[str, Path] = {}
     with staging_dir(out) as stage:

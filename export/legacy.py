@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.errors import one_line
 from export.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -439,17 +440,12 @@ def build_from_config(cfg: dict[str, Any], *, trust_model: bool) -> Any:
     except ExportError:
         raise
     except Exception as e:  # Keras raises many types for bad configs
-        raise ExportError(f"Keras 3 cannot build the architecture: {_one_line(e)}") from None
+        raise ExportError(f"Keras 3 cannot build the architecture: {one_line(e)}") from None
     if not isinstance(model, keras.Model):
         raise ExportError(f"architecture built a {type(model).__name__}, not a Keras model")
     return model
 
 
-def _one_line(e: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(e).split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return f"{type(e).__name__}: {text}"
 
 
 # ---- weights -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.errors import ContractError
+from edge.errors import ContractError, one_line
 from edge.fsutil import sha256_file
 from export.errors import ExportError
 from export.legacy import (
@@ -222,7 +222,7 @@ def _load_keras_zip(src: Path, architecture: str | None, trust_model: bool) -> t
     except ExportError:
         raise
     except Exception as e:
-        raise ExportError(f"Keras 3 cannot load {src.name}: {_one_line(e)}") from None
+        raise ExportError(f"Keras 3 cannot load {src.name}: {one_line(e)}") from None
     labels = _labels_from_value(next((meta[k] for k in _LABEL_KEYS if k in meta), None))
     version = meta.get("keras_version", "3")
     return model, f"keras {version} .keras", labels
@@ -255,7 +255,7 @@ def _savedmodel_via_tf_keras(src: Path, repairs: Repairs, trust_model: bool) -> 
         k2_model = tf_keras.models.load_model(str(src), compile=False)
         cfg = json.loads(k2_model.to_json())
     except Exception as e:
-        log.info("tf_keras could not load %s (%s); wrapping it as a TFSMLayer", src, _one_line(e))
+        log.info("tf_keras could not load %s (%s); wrapping it as a TFSMLayer", src, one_line(e))
         return None
     _refuse_lambdas(cfg, src, trust_model)
     weights = OrderedDict((layer.name, [(w.name, w.numpy()) for w in layer.weights]) for layer in k2_model.layers)
@@ -288,7 +288,7 @@ def _savedmodel_tfsm(src: Path, repairs: Repairs) -> tuple[Any, str]:
     try:
         loaded = tf.saved_model.load(str(src))
     except Exception as e:
-        raise ExportError(f"cannot load SavedModel {src}: {_one_line(e)}") from None
+        raise ExportError(f"cannot load SavedModel {src}: {one_line(e)}") from None
     sigs = dict(loaded.signatures)
     if not sigs:
         raise ExportError(f"SavedModel {src} has no serving signature (save it with model.export() or a signature)")
@@ -404,7 +404,7 @@ def _load_h5_open(h5: Any, src: Path, architecture: str | None, keras1_theano: b
         try:
             model.load_weights(src)
         except Exception as e:
-            raise ExportError(f"architecture and weights do not match: {_one_line(e)}") from None
+            raise ExportError(f"architecture and weights do not match: {one_line(e)}") from None
         return model, f"keras 3 weights + {arch_fmt}", labels
     raise ExportError(f"{src} is an HDF5 file but not a Keras model or weights file "
                       "(no model_config or layer_names attribute)")
@@ -546,14 +546,14 @@ def _model_from_builder(path: Path, func: str, keras: Any) -> Any:
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # the user's code; report it in one line
-        raise ExportError(f"importing builder {path} failed: {_one_line(e)}") from None
+        raise ExportError(f"importing builder {path} failed: {one_line(e)}") from None
     fn = getattr(module, func, None)
     if not callable(fn):
         raise ExportError(f"builder {path} has no function '{func}'")
     try:
         model = fn()
     except Exception as e:
-        raise ExportError(f"builder {path.name}:{func}() failed: {_one_line(e)}") from None
+        raise ExportError(f"builder {path.name}:{func}() failed: {one_line(e)}") from None
     if not isinstance(model, keras.Model):
         hint = " (a tf_keras/Keras 2 model? build it with `import keras`, Keras 3)" if "tf_keras" in type(
             model).__module__ else ""
@@ -624,8 +624,3 @@ def _sha256_dir(d: Path) -> str:
     return h.hexdigest()
 
 
-def _one_line(e: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(e).split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return f"{type(e).__name__}: {text}"

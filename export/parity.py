@@ -31,7 +31,7 @@ from edge.contract import Contract, InputSpec, resolve
 from edge.errors import FeredgeError
 from edge.fsutil import publish, staging_dir
 from edge.preprocess import prepare, probabilities
-from export import metrics as M
+from export import scoring as M
 from export.errors import ExportError
 from export.progress import progress_bar
 from export.runners import run_keras as run_reference

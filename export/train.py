@@ -351,7 +351,7 @@ def finish(cfg: TrainConfig, out: Path, xv: np.ndarray, yv: np.ndarray, *, train
     """The selected (EMA) weights in a float32 model, its validation temperature, the release."""
     import keras
 
-    from export.metrics import fit_temperature
+    from export.scoring import fit_temperature
 
     keras.mixed_precision.set_global_policy("float32")
     best = build_model(cfg.width, len(FER2013_LABELS))

@@ -21,7 +21,7 @@ import pytest
 
 from edge.model import Classifier
 from edge.preprocess import prepare
-from export import metrics as M
+from export import scoring as M
 from export.parity import (
     DEFAULT_MIN_AGREEMENT_FLOAT,
     DEFAULT_MIN_AGREEMENT_INT8,

@@ -106,7 +106,7 @@ def test_fer_int8_agreement_recomputed_on_device_path(fer_export: Path, fer2013_
     from edge.model import Classifier
     from edge.preprocess import prepare_batch
     from export.calibration import read_source
-    from export.metrics import compare
+    from export.scoring import compare
 
     test = read_source(fer2013_dir, "test", progress=False).sample(400, seed=7)
     clf = Classifier(fer_export, device="cpu")

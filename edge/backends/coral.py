@@ -17,6 +17,8 @@ import platform
 import sys
 from typing import Any
 
+from edge.errors import one_line
+
 log = logging.getLogger(__name__)
 
 LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
@@ -61,13 +63,11 @@ def load_edgetpu_delegate(runtime: Any, device: str | None = None) -> Any:
             return runtime.load_delegate(lib, options)
         except OSError as e:
             reason = (
-                f"{lib} is not installed ({_short(e)}); install a libedgetpu build that matches "
+                f"{lib} is not installed ({one_line(e, 200, with_type=False)}); install a libedgetpu build that "
+                f"matches "
                 f"{runtime.name} {runtime.version} (see docs/edge.md)"
             )
         except (ValueError, RuntimeError) as e:  # ValueError from the Python wrapper; RuntimeError seen in old ones
-            reason = f"{lib} loaded but found no Edge TPU ({_short(e)}); is the Coral plugged in and readable?"
+            reason = (f"{lib} loaded but found no Edge TPU ({one_line(e, 200, with_type=False)}); "
+                      "is the Coral plugged in and readable?")
     raise CoralUnavailable(reason)
-
-
-def _short(e: BaseException) -> str:
-    return " ".join(str(e).split())[:200]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import CameraConfig, ConfigError, read_secret
-from edge.errors import EdgeError
+from edge.errors import EdgeError, one_line
 from edge.sources import Frame, FrameSource
 from edge.sources.spec import SourceSpec, parse_spec, redact_text, with_password
 
@@ -344,5 +344,4 @@ class CameraFeed:
 
 def _short(e: BaseException) -> str:
     """One line for a reason/log; a driver's message may quote the URL it was given, so redacted."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return redact_text(f"{type(e).__name__}: {text}" if not isinstance(e, EdgeError) else text)
+    return redact_text(one_line(e))
