@@ -116,15 +116,15 @@ class Daemon:
                 cam.name, opener, stop=self.stop_event, backoff_min=cam.reconnect_min,
                 backoff_max=cam.reconnect_max, read_timeout=cam.read_timeout, live=live, finite=finite,
                 on_state=lambda online, reason, n=cam.name: self._camera_state(n, online, reason),
-                on_reconnect=lambda n=cam.name: self.metrics.reconnects.inc(camera=n),
+                on_reconnect=lambda n=cam.name: self.metrics.reconnects.labels(camera=n).inc(),
             )
             tracker = Tracker(clf.labels, self.cfg.tracking, min_score=self.cfg.model.min_score, camera=cam.name)
             self.cameras[cam.name] = CameraState(cam, feed, tracker, pipe)
             # Every per-camera series exists from the start, so dashboards see 0, not "no data".
-            self.metrics.online.set(0, camera=cam.name)
-            self.metrics.fps.set(0, camera=cam.name)
+            self.metrics.online.labels(camera=cam.name).set(0)
+            self.metrics.fps.labels(camera=cam.name).set(0)
             for counter in (self.metrics.frames, self.metrics.corrupt, self.metrics.reconnects):
-                counter.inc(0, camera=cam.name)
+                counter.labels(camera=cam.name)
         log.info("model %s (%s, %s) for %d camera(s)", self.model_name, self.backend,
                  next(iter(self.cameras.values())).pipeline.classifier.device, len(self.cameras))
         self._open_sinks()
@@ -143,7 +143,7 @@ class Daemon:
         if c.http.enabled:
             from edge.sinks.http import HttpSink
 
-            self.http = HttpSink(c.http, registry=self.metrics.registry, stats=self.stats, health=self.health,
+            self.http = HttpSink(c.http, metrics=self.metrics, stats=self.stats, health=self.health,
                                  token=c.http_token())
             self.sinks.append(self.http)
         self.sinks.extend(self._extra_sinks)
@@ -160,7 +160,7 @@ class Daemon:
 
     # ---- camera loops --------------------------------------------------------------------
     def _camera_state(self, name: str, online: bool, reason: str) -> None:
-        self.metrics.online.set(1 if online else 0, camera=name)
+        self.metrics.online.labels(camera=name).set(1 if online else 0)
         self._fanout("camera_state", name, online, reason)
         cam = self.cameras.get(name)
         if not online and cam is not None and cam.tracker.tracks:
@@ -181,7 +181,7 @@ class Daemon:
         if not events:
             return
         for ev in events:
-            self.metrics.events.inc(camera=cam.cfg.name, event=ev["event"])
+            self.metrics.events.labels(camera=cam.cfg.name, event=ev["event"]).inc()
         self._fanout("events", events)
 
     def _camera_loop(self, cam: CameraState) -> None:
@@ -193,13 +193,13 @@ class Daemon:
                     break
                 if not valid_image(frame.image):
                     cam.corrupt += 1
-                    self.metrics.corrupt.inc(camera=name)
+                    self.metrics.corrupt.labels(camera=name).inc()
                     continue
                 try:
                     record = self._process(cam, frame)
                 except Exception as e:  # a frame OpenCV cannot digest is skipped, not fatal
                     cam.corrupt += 1
-                    self.metrics.corrupt.inc(camera=name)
+                    self.metrics.corrupt.labels(camera=name).inc()
                     log.debug("camera %s: frame %d skipped: %s", name, frame.index, e)
                     continue
                 self._fanout("frame", name, record)
@@ -245,12 +245,12 @@ class Daemon:
             t1 = time.perf_counter()
             faces = pipe.classify_boxes(image, boxes, gray)
             t2 = time.perf_counter()
-            self.metrics.detect.observe(t1 - t0, camera=name)
+            self.metrics.detect.labels(camera=name).observe(t1 - t0)
             cam.detect_ms = 0.9 * cam.detect_ms + 0.1 * (t1 - t0) * 1e3 if cam.frames else (t1 - t0) * 1e3
             if faces:
                 per_face = (t2 - t1) / len(faces)
                 for _ in faces:
-                    self.metrics.inference.observe(per_face, backend=self.backend)
+                    self.metrics.inference.labels(backend=self.backend).observe(per_face)
                 cam.infer_ms = 0.9 * cam.infer_ms + 0.1 * per_face * 1e3 if cam.infer_ms else per_face * 1e3
             labels = pipe.classifier.labels
             dets = [(f.box, np.array([f.prediction.scores[lab] for lab in labels], np.float32)) for f in faces]
@@ -261,10 +261,10 @@ class Daemon:
         cam._fps_frames += 1
         cam.last_frame = time.monotonic()
         cam.faces_now = len(upd.faces)
-        self.metrics.frames.inc(camera=name)
-        self.metrics.faces_now.set(len(upd.faces), camera=name)
+        self.metrics.frames.labels(camera=name).inc()
+        self.metrics.faces_now.labels(camera=name).set(len(upd.faces))
         for f in upd.faces:
-            self.metrics.faces.inc(camera=name, expression=f.label)
+            self.metrics.faces.labels(camera=name, expression=f.label).inc()
         self._publish_events(cam, upd.events)
         record: dict[str, Any] = {"camera": name, "source": frame.source, "frame": frame.index, "ts": round(ts, 3)}
         if frame.pts is not None:
@@ -338,7 +338,7 @@ class Daemon:
             if dt >= 1.0:
                 c.fps = c._fps_frames / dt if c.feed.online else 0.0
                 c._fps_frames, c._fps_time = 0, now
-                self.metrics.fps.set(c.fps, camera=n)
+                self.metrics.fps.labels(camera=n).set(c.fps)
 
     # ---- main loop -----------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:

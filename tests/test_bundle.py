@@ -58,7 +58,7 @@ def test_bookworm_bundle_pins_numpy1_and_opencv_4_11(bookworm_bundle):
     pins = meta["pins"]
     assert int(pins["numpy"].split(".")[0]) == 1  # the apt picamera2 stack is built on numpy 1.x
     assert pins["opencv-python-headless"] == "4.11.0.86"
-    assert "ai-edge-litert" in pins and "paho-mqtt" in pins and "feredge" in pins
+    assert "ai-edge-litert" in pins and "paho-mqtt" in pins and "prometheus-client" in pins and "feredge" in pins
     for whl in (bookworm_bundle / "wheelhouse").glob("*.whl"):
         _python, abi, plat = _wheel_tags(whl.name)
         assert plat == "any" or all(

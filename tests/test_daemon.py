@@ -37,7 +37,6 @@ from helpers import (
 
 from edge.cli import main
 from edge.daemon import Daemon, valid_image
-from edge.metrics import Registry
 from edge.notify import Notifier
 from edge.sinks.jsonl import RotatingWriter
 
@@ -73,28 +72,26 @@ def test_notify_without_socket_is_a_noop_and_watchdog_interval(monkeypatch):
 
 
 def test_metrics_exposition_format():
-    r = Registry()
-    c = r.counter("x_total", "Things", ("kind",))
-    h = r.histogram("t_seconds", "Time", ("backend",), buckets=(0.001, 0.01))
-    g = r.gauge("up", "Up")
-    c.inc(kind='a"b')
-    c.inc(2, kind="c")
-    h.observe(0.0005, backend="litert")
-    h.observe(0.005, backend="litert")
-    h.observe(5, backend="litert")
-    g.set(1)
-    text = r.render()
-    assert '# TYPE x_total counter\nx_total{kind="a\\"b"} 1\nx_total{kind="c"} 2\n' in text
-    assert 't_seconds_bucket{backend="litert",le="0.001"} 1\n' in text
-    assert 't_seconds_bucket{backend="litert",le="0.01"} 2\n' in text
-    assert 't_seconds_bucket{backend="litert",le="+Inf"} 3\n' in text
-    assert 't_seconds_count{backend="litert"} 3\n' in text
-    assert "t_seconds_sum{backend=\"litert\"} 5.0055" in text
-    assert "# TYPE up gauge\nup 1\n" in text
-    with pytest.raises(ValueError):
-        c.inc(-1, kind="a")
-    with pytest.raises(ValueError):
-        c.inc(wrong="x")
+    """The documented names in the text format, series from the start, no _created series, and the
+    process collector (prometheus_client) beside them."""
+    from edge.metrics import DaemonMetrics
+
+    m = DaemonMetrics()
+    m.faces.labels(camera="cam0", expression='a"b').inc()
+    for v in (0.0005, 0.005, 5):
+        m.inference.labels(backend="litert").observe(v)
+    m.up.set(1)
+    text = m.render().decode()
+    assert '# TYPE feredge_faces_total counter\nferedge_faces_total{camera="cam0",expression="a\\"b"} 1.0\n' in text
+    assert 'feredge_inference_seconds_bucket{backend="litert",le="0.0005"} 1.0\n' in text
+    assert 'feredge_inference_seconds_bucket{backend="litert",le="0.01"} 2.0\n' in text
+    assert 'feredge_inference_seconds_bucket{backend="litert",le="+Inf"} 3.0\n' in text
+    assert 'feredge_inference_seconds_count{backend="litert"} 3.0\n' in text
+    assert "# TYPE feredge_up gauge\nferedge_up 1.0\n" in text
+    assert "feredge_mqtt_connected 0.0\n" in text and "feredge_mqtt_dropped_total 0.0\n" in text
+    assert "_created" not in text
+    assert "process_resident_memory_bytes" in text and "process_open_fds" in text
+    assert m.value("feredge_inference_seconds_sum", backend="litert") == pytest.approx(5.0055)
 
 
 def test_rotating_writer_keeps_backups(tmp_path):
@@ -152,11 +149,11 @@ def test_failing_and_silent_camera_goes_offline_and_reconnects(edge_tiny_model, 
         # keeps it offline with a new reason but no duplicate notification.
         assert [s[1] for s in rec.states] == [False, True, False, True], rec.states
         assert "open failed" in rec.states[0][2] and "read failed" in rec.states[2][2]
-        assert d.metrics.reconnects.get(camera="cam0") == cam.feed.reconnects >= 3
+        assert d.metrics.value("feredge_camera_reconnects_total", camera="cam0") == cam.feed.reconnects >= 3
         # the silent source was given up after read_timeout, its blocked reader abandoned
         assert "reader still blocked; abandoning it" in caplog.text
         assert "still offline: no frame for 1 s" in caplog.text
-        assert d.metrics.online.get(camera="cam0") == 1
+        assert d.metrics.value("feredge_camera_up", camera="cam0") == 1
     finally:
         assert stop(d, t) == 0
 
@@ -181,7 +178,7 @@ def test_offline_camera_is_unhealthy_and_faces_leave(edge_tiny_model, face_frame
         appeared = [e for e in rec.events_ if e["event"] == "appeared"]
         left = [e for e in rec.events_ if e["event"] == "left"]
         assert appeared and len(left) == len(appeared)  # a dead camera sees nobody
-        assert d.metrics.online.get(camera="cam0") == 0
+        assert d.metrics.value("feredge_camera_up", camera="cam0") == 0
     finally:
         assert stop(d, t) == 0
 
@@ -199,7 +196,7 @@ def test_corrupt_frames_are_skipped_and_counted(edge_tiny_model, face_frame):
     d.setup()
     assert d.run(install_signals=False) == 0  # a finite source: the daemon ends by itself
     cam = d.cameras["cam0"]
-    assert cam.corrupt == len(bad) == d.metrics.corrupt.get(camera="cam0")
+    assert cam.corrupt == len(bad) == d.metrics.value("feredge_frames_corrupt_total", camera="cam0")
     assert cam.frames == len(rec.frames) == 2 * len(bad) + 3
     assert any(r["faces"] for r in rec.frames)
     assert all("track_id" in f for r in rec.frames for f in r["faces"])
@@ -256,7 +253,7 @@ def test_http_endpoints_over_real_http(edge_tiny_model, face_frame):
         code, body, ctype = http_get(base + "/metrics")
         assert code == 200 and ctype.startswith("text/plain; version=0.0.4")
         text = body.decode()
-        assert "feredge_up 1\n" in text
+        assert "feredge_up 1.0\n" in text and "process_resident_memory_bytes " in text
         assert f'feredge_inference_seconds_bucket{{backend="{d.backend}",le="+Inf"}}' in text
         assert 'feredge_camera_fps{camera="cam0"}' in text
         assert 'feredge_camera_reconnects_total{camera="cam0"} 0' in text

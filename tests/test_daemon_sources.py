@@ -127,7 +127,7 @@ def test_picamera2_timeout_reopens_camera(monkeypatch, edge_tiny_model, photo):
         assert [s[1] for s in rec.states][:3] == [True, False, True]
         assert "TimeoutError" in rec.states[1][2]
         assert mod.instances[0].closed  # the wedged camera was released before reopening
-        assert d.metrics.reconnects.get(camera="cam0") >= 1
+        assert d.metrics.value("feredge_camera_reconnects_total", camera="cam0") >= 1
     finally:
         assert stop(d, t) == 0
 

@@ -172,7 +172,7 @@ def test_broker_absent_at_start_and_restarted(tmp_path, edge_tiny_model, face_so
         cam = d.cameras["cam0"]
         assert wait_until(lambda: cam.frames > 20 and d.mqtt.dropped > 0, 120)
         assert not d.mqtt.connected and d.mqtt.queue_length() <= 20  # bounded, oldest dropped
-        assert d.metrics.mqtt_dropped.get() == d.mqtt.dropped
+        assert d.metrics.value("feredge_mqtt_dropped_total") == d.mqtt.dropped
 
         broker.start()
         sub = Subscriber(port)
@@ -309,7 +309,7 @@ def test_connection_failures_say_why_and_connected_starts_at_zero(tmp_path, capl
             metrics = DaemonMetrics()
             sink = MqttSink(MqttConfig(enabled=True, reconnect_min=1, reconnect_max=1, **settings), ["cam0"],
                             password="wrong" if "username" in settings else None, metrics=metrics)
-            assert "feredge_mqtt_connected 0" in metrics.registry.render().splitlines()
+            assert metrics.value("feredge_mqtt_connected") == 0
             sink.start()
             try:
                 assert wait_until(lambda r=reason: r in caplog.text, 30), (reason, caplog.text)
@@ -318,7 +318,7 @@ def test_connection_failures_say_why_and_connected_starts_at_zero(tmp_path, capl
                 sink.close()
             warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "cannot connect" in r.message]
             assert len(warnings) == 1, [r.message for r in warnings]  # ... but said once, not every second
-            assert "feredge_mqtt_connected 0" in metrics.registry.render().splitlines()
+            assert metrics.value("feredge_mqtt_connected") == 0
             assert "wrong" not in caplog.text
     finally:
         broker.stop()

@@ -26,7 +26,7 @@ import numpy as np
 from edge import jsonsafe
 from edge.config import HttpConfig
 from edge.errors import EdgeError
-from edge.metrics import CONTENT_TYPE, Registry
+from edge.metrics import CONTENT_TYPE, DaemonMetrics
 from edge.sinks import Sink
 from edge.sources.spec import redact_text
 
@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 class HttpSink(Sink):
     name = "http"
 
-    def __init__(self, config: HttpConfig, *, registry: Registry, stats: Callable[[], dict[str, Any]],
+    def __init__(self, config: HttpConfig, *, metrics: DaemonMetrics, stats: Callable[[], dict[str, Any]],
                  health: Callable[[], tuple[bool, dict[str, Any]]], token: str | None = None) -> None:
         self.cfg = config
-        self.registry = registry
+        self.metrics = metrics
         self.stats_fn = stats
         self.health_fn = health
         self.token = token
@@ -147,7 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             if path == "/metrics":
-                self._send(200, o.registry.render(), CONTENT_TYPE)
+                self._send(200, o.metrics.render(), CONTENT_TYPE)
             elif path == "/api/stats":
                 self._json(200, o.stats_fn())
             elif path == "/":
