@@ -26,7 +26,7 @@ from edge import config as cfgmod
 from edge.config import CameraConfig, Config, ConfigError
 from edge.metrics import DaemonMetrics
 from edge.notify import Notifier
-from edge.sinks import Sink
+from edge.sinks import Sink, create_sinks
 from edge.sources import Frame
 from edge.sources.reconnect import CameraFeed, Opener, check_source, make_opener
 from edge.sources.spec import redact
@@ -130,23 +130,9 @@ class Daemon:
         self._open_sinks()
 
     def _open_sinks(self) -> None:
-        c = self.cfg
-        if c.jsonl.enabled:
-            from edge.sinks.jsonl import JsonlSink
-
-            self.sinks.append(JsonlSink(c.jsonl))
-        if c.mqtt.enabled:
-            from edge.sinks.mqtt import MqttSink
-
-            self.mqtt = MqttSink(c.mqtt, list(self.cameras), password=c.mqtt_password(), metrics=self.metrics)
-            self.sinks.append(self.mqtt)
-        if c.http.enabled:
-            from edge.sinks.http import HttpSink
-
-            self.http = HttpSink(c.http, metrics=self.metrics, stats=self.stats, health=self.health,
-                                 token=c.http_token())
-            self.sinks.append(self.http)
-        self.sinks.extend(self._extra_sinks)
+        self.sinks = [*create_sinks(self.cfg, self), *self._extra_sinks]
+        by_name = {s.name: s for s in self.sinks}
+        self.mqtt, self.http = by_name.get("mqtt"), by_name.get("http")
         started: list[Sink] = []
         try:
             for s in self.sinks:

@@ -7,6 +7,7 @@ A sink must never block the camera loop for long: slow outputs (a broker) queue,
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 
@@ -32,4 +33,19 @@ class Sink:
         """Flush and release; called once on shutdown."""
 
 
-__all__ = ["Sink"]
+# The result sinks by config section, registered by key like the backends: each module has
+# ``create(config, daemon) -> Sink`` and is imported only when its section is enabled.
+SINKS: dict[str, str] = {
+    "jsonl": "edge.sinks.jsonl",
+    "mqtt": "edge.sinks.mqtt",
+    "http": "edge.sinks.http",
+}
+
+
+def create_sinks(config: Any, daemon: Any) -> list[Sink]:
+    """The sinks whose ``[section] enabled`` is true, in :data:`SINKS` order."""
+    return [importlib.import_module(module).create(config, daemon)
+            for key, module in SINKS.items() if getattr(config, key).enabled]
+
+
+__all__ = ["SINKS", "Sink", "create_sinks"]

@@ -200,3 +200,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " +
                              str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n")
             time.sleep(0.05)  # at most ~20 fps to a browser
+
+
+def create(config: Any, daemon: Any) -> HttpSink:
+    return HttpSink(config.http, metrics=daemon.metrics, stats=daemon.stats, health=daemon.health,
+                    token=config.http_token())

@@ -104,3 +104,7 @@ class JsonlSink(Sink):
         with self._lock:
             if self._writer is not None:
                 self._writer.close()
+
+
+def create(config: Any, daemon: Any) -> JsonlSink:
+    return JsonlSink(config.jsonl)

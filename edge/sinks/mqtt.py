@@ -347,3 +347,7 @@ class MqttSink(Sink):
                 **common,
             }
         return docs
+
+
+def create(config: Any, daemon: Any) -> MqttSink:
+    return MqttSink(config.mqtt, list(daemon.cameras), password=config.mqtt_password(), metrics=daemon.metrics)

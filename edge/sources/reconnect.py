@@ -90,46 +90,61 @@ def camera_password(cfg: CameraConfig) -> str | None:
 
 
 def make_opener(cfg: CameraConfig) -> tuple[Opener, bool, bool]:
-    """``(opener, finite, live)`` for a camera config. ``finite``: the feed ends when the
-    source ends (a video file without ``loop``); ``live``: drop stale frames."""
+    """``(opener, finite, live)`` for a camera config, from :data:`OPENERS` by the spec's kind.
+    ``finite``: the feed ends when the source ends (a video file without ``loop``); ``live``:
+    drop stale frames."""
     spec = check_source(cfg)
-    if spec.kind == "auto":
-        return (lambda: _open_auto(cfg)), False, True
-    if spec.kind == "picamera2":
-        index = int(spec.device or 0)
-        return (lambda: _open_picamera2(cfg, index)), False, True
-    if spec.kind == "v4l2":
-        return (lambda: _open_v4l2(cfg, spec.device)), False, True
-    if spec.kind == "url":
-        from edge.sources.camera import CameraSource
-
-        return (lambda: CameraSource(spec, password=camera_password(cfg))), False, True
-    return (lambda: VideoFileSource(Path(cfg.source), pace=cfg.pace, loop=cfg.loop)), not cfg.loop, False
+    open_fn, live = OPENERS[spec.kind]
+    finite = spec.kind == "path" and not cfg.loop
+    return (lambda: open_fn(cfg, spec)), finite, live
 
 
-def _open_picamera2(cfg: CameraConfig, index: int) -> FrameSource:
+def _open_picamera2(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
     from edge.sources.picamera2 import Picamera2Source
 
+    index = int(spec.device or 0)
     return Picamera2Source(index, width=cfg.width, height=cfg.height, fps=cfg.fps, timeout=cfg.read_timeout)
 
 
-def _open_v4l2(cfg: CameraConfig, device: int | str | None) -> FrameSource:
+def _open_v4l2(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
     from edge.sources.v4l2 import V4l2Source
 
-    return V4l2Source(0 if device is None else device, width=cfg.width, height=cfg.height, fps=cfg.fps)
+    device = 0 if spec.device is None else spec.device
+    return V4l2Source(device, width=cfg.width, height=cfg.height, fps=cfg.fps)
 
 
-def _open_auto(cfg: CameraConfig) -> FrameSource:
+def _open_url(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
+    from edge.sources.camera import CameraSource
+
+    return CameraSource(spec, password=camera_password(cfg))
+
+
+def _open_file(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
+    return VideoFileSource(Path(cfg.source), pace=cfg.pace, loop=cfg.loop)
+
+
+def _open_auto(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
     """A Pi camera when libcamera sees one, else the first V4L2 device."""
     from edge.sources.picamera2 import camera_present
     from edge.sources.v4l2 import list_devices
 
     if camera_present():
-        return _open_picamera2(cfg, 0)
+        return _open_picamera2(cfg, parse_spec("picamera2:0"))
     devices = list_devices()
     if not devices:
         raise EdgeError("no camera found (no Pi camera via picamera2, no /dev/video*)")
-    return _open_v4l2(cfg, parse_spec(devices[0]).device)
+    return _open_v4l2(cfg, parse_spec(devices[0]))
+
+
+# The daemon's source plug-ins by spec kind (edge.sources.spec): (open, live). Each plug-in
+# module is imported only when its kind is opened.
+OPENERS: dict[str, tuple[Callable[[CameraConfig, SourceSpec], FrameSource], bool]] = {
+    "auto": (_open_auto, True),
+    "picamera2": (_open_picamera2, True),
+    "v4l2": (_open_v4l2, True),
+    "url": (_open_url, True),
+    "path": (_open_file, False),
+}
 
 
 class VideoFileSource:
