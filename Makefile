@@ -29,6 +29,7 @@ bench: venv
 	$(PY) bench/bench_parity.py
 	$(PY) bench/bench_edge.py
 	$(PY) bench/bench_daemon.py
+	$(PY) bench/bench_model.py
 
 clean:
 	rm -rf $(VENV) .cache out reports .pytest_cache
