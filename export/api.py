@@ -39,7 +39,7 @@ from edge.contract import (
     embed,
     parse_normalize,
 )
-from edge.errors import FeredgeError
+from edge.errors import FeredgeError, one_line
 from edge.fsutil import current_umask, publish, staging_dir
 from edge.preprocess import prepare_batch
 from export import calibration as cal
@@ -236,312 +236,373 @@ class _Phases:
 
 # ---- the export ---------------------------------------------------------------------------
 
-def export_model(
-    model: str | os.PathLike[str],
-    *,
-    calibration: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    architecture: str | None = None,
-    labels: str | list[str] | None = None,
-    normalize: str | None = None,
-    resize: str | None = None,
-    color: str | None = None,
-    face_margin: float | None = None,
-    usage: str | None = None,
-    samples: int = 500,
-    seed: int = 0,
-    name: str | None = None,
-    keras1_theano: bool = False,
-    edgetpu: bool = False,
-    trust_model: bool = False,
-    progress: bool = True,
-    eval_samples: int | None = None,
-    onnx_calibration: str = "minmax",
-) -> ExportResult:
+ONNX_CALIBRATIONS = ("minmax", "percentile", "entropy")
+
+
+@dataclass
+class ExportOptions:
+    """Everything ``feredge export`` can be told, checked in :meth:`validate` before any work.
+
+    ``eval_samples`` caps the held-out check (default: the whole test part of the calibration
+    source, or 1000 faces disjoint from the calibration sample when it has no test part)."""
+
+    calibration: str | os.PathLike[str]
+    out_dir: str | os.PathLike[str] = "out"
+    architecture: str | None = None
+    labels: str | list[str] | None = None
+    normalize: str | None = None
+    resize: str | None = None
+    color: str | None = None
+    face_margin: float | None = None
+    usage: str | None = None
+    samples: int = 500
+    seed: int = 0
+    name: str | None = None
+    keras1_theano: bool = False
+    edgetpu: bool = False
+    trust_model: bool = False
+    progress: bool = True
+    eval_samples: int | None = None
+    onnx_calibration: str = "minmax"
+    # parsed by validate()
+    label_list: list[str] | None = field(default=None, init=False)
+    norm: tuple[float, float] | None = field(default=None, init=False)
+
+    def validate(self) -> ExportOptions:
+        if self.samples <= 0:
+            raise ExportError(f"--samples must be positive, got {self.samples}")
+        if self.eval_samples is not None and self.eval_samples <= 0:
+            raise ExportError(f"--eval-samples must be positive, got {self.eval_samples}")
+        if self.onnx_calibration not in ONNX_CALIBRATIONS:
+            raise ExportError(f"unknown ONNX calibration method {self.onnx_calibration!r} "
+                              f"({', '.join(ONNX_CALIBRATIONS)})")
+        if self.face_margin is not None and not 0.0 <= self.face_margin <= 2.0:
+            raise ExportError(f"--face-margin must be between 0 and 2, got {self.face_margin}")
+        n = self.name
+        if n is not None and (not n.strip() or "/" in n or "\\" in n or n.startswith(".")):
+            raise ExportError(f"--name {n!r} is not a plain file name")
+        self.norm = parse_normalize(self.normalize) if self.normalize is not None else None
+        self.label_list = parse_labels(self.labels)
+        return self
+
+
+class _Run:
+    """One export's phase timer and warnings (each warning is logged once and reported)."""
+
+    def __init__(self, opts: ExportOptions) -> None:
+        self.opts = opts
+        self.ph = _Phases(opts.progress)
+        self.warnings: list[str] = []
+
+    def warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        log.warning("%s", msg)
+
+
+@dataclass
+class _Loaded:
+    lm: Any  # export.load.LoadedModel
+    view: Any  # the Keras model seen through an NHWC batch
+    hwc: tuple[int, int, int]
+    activation: str
+    n_out: int
+
+
+@dataclass
+class _Sets:
+    calib: cal.ImageSet
+    x_cal: Any
+    held: cal.ImageSet
+    x_held: Any
+    y_held: Any
+
+
+def export_model(model: str | os.PathLike[str], options: ExportOptions | None = None, **kwargs: Any) -> ExportResult:
     """Convert ``model`` into ``<name>.int8.tflite``, ``<name>.onnx``, ``<name>.int8.onnx``,
     ``<name>.keras`` and ``<name>.json`` in ``out_dir``, plus ``export-report.json/.md``.
 
-    ``eval_samples`` caps the held-out check (default: the whole test part of the calibration
-    source, or 1000 faces disjoint from the calibration sample when it has no test part).
-    Raises :class:`ExportError` / :class:`~edge.errors.ContractError` for bad input.
+    Pass an :class:`ExportOptions` or its fields as keywords. Raises :class:`ExportError` /
+    :class:`~edge.errors.ContractError` for bad input.
     """
+    opts = (options or ExportOptions(**kwargs)).validate()
     with quiet_native_logs(enabled=True):
-        return _export(
-            model, calibration=calibration, out_dir=out_dir, architecture=architecture, labels=labels,
-            normalize=normalize, resize=resize, color=color, face_margin=face_margin, usage=usage,
-            samples=samples, seed=seed, name=name, keras1_theano=keras1_theano, edgetpu=edgetpu,
-            trust_model=trust_model, progress=progress, eval_samples=eval_samples,
-            onnx_calibration=onnx_calibration,
-        )
+        run = _Run(opts)
+        if not Path(model).exists():
+            raise ExportError(f"model not found: {model}")
+        run.ph.start("reading calibration source")
+        source = cal.read_source(opts.calibration, "train", usage=opts.usage, progress=opts.progress)
+        run.ph.done("read_source")
+        out, created = _check_out_dir(opts.out_dir)
+        try:
+            return _export(run, model, source, out)
+        except BaseException:
+            if created:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only if still empty: never touch files that were there before
+            raise
 
 
-def _export(model: str | os.PathLike[str], *, calibration: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-            architecture: str | None, labels: str | list[str] | None, normalize: str | None, resize: str | None,
-            color: str | None, face_margin: float | None, usage: str | None, samples: int, seed: int,
-            name: str | None, keras1_theano: bool, edgetpu: bool, trust_model: bool, progress: bool,
-            eval_samples: int | None, onnx_calibration: str) -> ExportResult:
-    ph = _Phases(progress)
-    warnings: list[str] = []
-
-    def warn(msg: str) -> None:
-        warnings.append(msg)
-        log.warning("%s", msg)
-
-    # 1. cheap checks first: options, calibration source, output folder ------------------
-    if samples <= 0:
-        raise ExportError(f"--samples must be positive, got {samples}")
-    if eval_samples is not None and eval_samples <= 0:
-        raise ExportError(f"--eval-samples must be positive, got {eval_samples}")
-    if onnx_calibration not in ("minmax", "percentile", "entropy"):
-        raise ExportError(f"unknown ONNX calibration method {onnx_calibration!r} (minmax, percentile, entropy)")
-    if face_margin is not None and not 0.0 <= face_margin <= 2.0:
-        raise ExportError(f"--face-margin must be between 0 and 2, got {face_margin}")
-    norm = parse_normalize(normalize) if normalize is not None else None
-    label_arg = parse_labels(labels)
-    if name is not None and (not name.strip() or "/" in name or "\\" in name or name.startswith(".")):
-        raise ExportError(f"--name {name!r} is not a plain file name")
-    if not Path(model).exists():
-        raise ExportError(f"model not found: {model}")
-    ph.start("reading calibration source")
-    source = cal.read_source(calibration, "train", usage=usage, progress=progress)
-    ph.done("read_source")
-    out, created = _check_out_dir(out_dir)
-    try:
-        return _export_checked(
-            model, source=source, calibration=calibration, out=out, architecture=architecture,
-            label_arg=label_arg, norm=norm, resize=resize, color=color, face_margin=face_margin, usage=usage,
-            samples=samples, seed=seed, name=name, keras1_theano=keras1_theano, edgetpu=edgetpu,
-            trust_model=trust_model, progress=progress, eval_samples=eval_samples,
-            onnx_calibration=onnx_calibration, ph=ph, warnings=warnings, warn=warn,
-        )
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()  # only if still empty: never touch files that were there before
-        raise
+def _export(run: _Run, model: Any, source: cal.ImageSet, out: Path) -> ExportResult:
+    """load -> contract -> calibration sets -> convert -> score -> report, published at once."""
+    loaded = _load_phase(run, model)
+    contract = _contract_phase(run, loaded)
+    sets = _sets_phase(run, source, contract)
+    _provenance(run, contract, loaded.lm, sets.calib)
+    with staging_dir(out) as stage:
+        conv = _convert_phase(run, loaded, contract, sets.x_cal, stage, out)
+        artifacts = _score_phase(run, loaded.view, contract, conv, sets)
+        report = _report_phase(run, loaded, contract, conv, artifacts, source, sets, stage)
+        files = {f: out / f for f in conv["kinds"] if (stage / f).exists()}
+        files.update({f"{contract.name}.json": out / f"{contract.name}.json", rep.JSON_NAME: out / rep.JSON_NAME,
+                      rep.MD_NAME: out / rep.MD_NAME})
+        _readable(stage)
+        publish(stage, out)
+    return ExportResult(out_dir=out, name=contract.name, files=files, contract=contract, report=rep._clean(report),
+                        warnings=run.warnings)
 
 
-def _export_checked(model: Any, *, source: cal.ImageSet, calibration: Any, out: Path, architecture: str | None,
-                    label_arg: list[str] | None, norm: tuple[float, float] | None, resize: str | None,
-                    color: str | None, face_margin: float | None, usage: str | None, samples: int, seed: int,
-                    name: str | None, keras1_theano: bool, edgetpu: bool, trust_model: bool, progress: bool,
-                    eval_samples: int | None, onnx_calibration: str, ph: _Phases, warnings: list[str],
-                    warn: Any) -> ExportResult:
-    # 2. model ------------------------------------------------------------------------------
-    ph.start("importing TensorFlow")
+def _load_phase(run: _Run, model: Any) -> _Loaded:
+    o = run.opts
+    run.ph.start("importing TensorFlow")
     _import_tf()
-    ph.done("import_tf")
-    ph.start("loading the model")
-    lm, input_geometry, output_kind = _load(model, architecture=architecture, keras1_theano=keras1_theano,
-                                            trust_model=trust_model)
+    run.ph.done("import_tf")
+    run.ph.start("loading the model")
+    lm, input_geometry, output_kind = _load(model, architecture=o.architecture, keras1_theano=o.keras1_theano,
+                                            trust_model=o.trust_model)
     hwc = input_geometry(lm.model)
     activation, n_out = output_kind(lm.model)
-    view = _image_view(lm.model, hwc)
-    ph.done("load_model")
-    hint: Contract | None = lm.contract_hint
-    stem = Path(lm.source).name
-    for ext in (".keras", ".hdf5", ".h5"):
-        stem = stem.removesuffix(ext)
-    name = name or stem
+    run.ph.done("load_model")
+    return _Loaded(lm, _image_view(lm.model, hwc), hwc, activation, n_out)
 
-    # 3. contract ---------------------------------------------------------------------------
-    if label_arg is not None:
-        model_labels = label_arg
-    elif lm.labels:
-        model_labels = list(lm.labels)
+
+def _labels(run: _Run, loaded: _Loaded) -> list[str]:
+    """--labels, else the model's own, else the training hint's, else FER2013's when 7 outputs fit."""
+    hint, n_out, activation = loaded.lm.contract_hint, loaded.n_out, loaded.activation
+    if run.opts.label_list is not None:
+        labels = run.opts.label_list
+    elif loaded.lm.labels:
+        labels = list(loaded.lm.labels)
     elif hint is not None and hint.labels:
-        model_labels = list(hint.labels)
+        labels = list(hint.labels)
     elif n_out == len(FER2013_LABELS) and activation != "sigmoid":
-        model_labels = list(FER2013_LABELS)
-        warn("no labels given and none in the model: assuming the FER2013 CSV order "
-             f"({', '.join(FER2013_LABELS)}); pass --labels if the model was trained otherwise")
+        labels = list(FER2013_LABELS)
+        run.warn("no labels given and none in the model: assuming the FER2013 CSV order "
+                 f"({', '.join(FER2013_LABELS)}); pass --labels if the model was trained otherwise")
     elif n_out == 1 and activation == "sigmoid":
-        model_labels = ["positive"]
-        warn("single sigmoid output: a binary classifier; its one label is 'positive' (use --labels to name it)")
+        labels = ["positive"]
+        run.warn("single sigmoid output: a binary classifier; its one label is 'positive' (use --labels to name it)")
     else:
         raise ExportError(f"the model has {n_out} outputs and no labels; pass --labels with {n_out} names")
-    if len(model_labels) != n_out:
-        raise ExportError(f"{len(model_labels)} labels ({', '.join(model_labels)}) but the model has {n_out} "
-                          "outputs")
-    if norm is None and hint is not None:
-        norm = (hint.input.normalize.scale, hint.input.normalize.offset)
-    if norm is None and getattr(lm, "normalize_hint", None):
+    if len(labels) != n_out:
+        raise ExportError(f"{len(labels)} labels ({', '.join(labels)}) but the model has {n_out} outputs")
+    return labels
+
+
+def _normalization(run: _Run, loaded: _Loaded) -> tuple[float, float]:
+    """--normalize, else the training hint's, else what the model does to its own input, else unit."""
+    hint = loaded.lm.contract_hint
+    if run.opts.norm is not None:
+        return run.opts.norm
+    if hint is not None:
+        return hint.input.normalize.scale, hint.input.normalize.offset
+    if getattr(loaded.lm, "normalize_hint", None):
         # The model rescales its own input (e.g. a stored preprocess_input): it wants 0-255 pixels.
-        norm = parse_normalize(lm.normalize_hint)
-        warn(f"no --normalize given: the model rescales its own input, so using {lm.normalize_hint}")
-    if norm is None:
-        norm = parse_normalize("unit")
-        warn("no --normalize given: assuming unit (x/255); pass --normalize symmetric for x/127.5-1 models")
-    h, w, c = hwc
+        run.warn(f"no --normalize given: the model rescales its own input, so using {loaded.lm.normalize_hint}")
+        return parse_normalize(loaded.lm.normalize_hint)
+    run.warn("no --normalize given: assuming unit (x/255); pass --normalize symmetric for x/127.5-1 models")
+    return parse_normalize("unit")
+
+
+def _contract_phase(run: _Run, loaded: _Loaded) -> Contract:
+    o, hint = run.opts, loaded.lm.contract_hint
+    labels, norm = _labels(run, loaded), _normalization(run, loaded)
+    h, w, c = loaded.hwc
     hint_in = hint.input if hint is not None else None
-    col = "gray" if c == 1 else (color or (hint_in.color if hint_in and hint_in.color != "gray" else None) or "rgb")
-    if c == 1 and color not in (None, "gray"):
-        warn(f"--color {color} ignored: the model takes 1 channel (grey)")
+    col = "gray" if c == 1 else (o.color or (hint_in.color if hint_in and hint_in.color != "gray" else None) or "rgb")
+    if c == 1 and o.color not in (None, "gray"):
+        run.warn(f"--color {o.color} ignored: the model takes 1 channel (grey)")
+    margin = o.face_margin if o.face_margin is not None else (hint_in.face_margin if hint_in else 0.0)
     spec = InputSpec(height=h, width=w, channels=c, color=col,
-                     resize=resize or (hint_in.resize if hint_in else "linear"),
-                     normalize=Normalize(float(norm[0]), float(norm[1])),
-                     face_margin=float(face_margin if face_margin is not None
-                                       else (hint_in.face_margin if hint_in else 0.0)))
-    contract = Contract(name=name, labels=model_labels, input=spec,
-                        output=OutputSpec(activation=activation,
-                                          temperature=hint.output.temperature if hint is not None else 1.0))
-    contract.validate()
+                     resize=o.resize or (hint_in.resize if hint_in else "linear"),
+                     normalize=Normalize(float(norm[0]), float(norm[1])), face_margin=float(margin))
+    stem = Path(loaded.lm.source).name
+    for ext in (".keras", ".hdf5", ".h5"):
+        stem = stem.removesuffix(ext)
+    temperature = hint.output.temperature if hint is not None else 1.0
+    return Contract(name=o.name or stem, labels=labels, input=spec,
+                    output=OutputSpec(activation=loaded.activation, temperature=temperature)).validate()
 
-    # 4. data -------------------------------------------------------------------------------
-    ph.start(f"sampling {samples} calibration faces")
-    calib = source.sample(samples, seed, progress=progress)
-    x_cal = prepare_batch(calib.images, spec)
+
+def _sets_phase(run: _Run, source: cal.ImageSet, contract: Contract) -> _Sets:
+    """The calibration sample and the held-out faces, prepared by :mod:`edge.preprocess`."""
+    o, ph = run.opts, run.ph
+    ph.start(f"sampling {o.samples} calibration faces")
+    calib = source.sample(o.samples, o.seed, progress=o.progress)
+    x_cal = prepare_batch(calib.images, contract.input)
     ph.done("calibration_data")
-    held = cal.read_heldout(calibration, calib, n=eval_samples, seed=seed, usage=usage, source=source,
-                            progress=progress)
+    held = cal.read_heldout(o.calibration, calib, n=o.eval_samples, seed=o.seed, usage=o.usage, source=source,
+                            progress=o.progress)
     if held is calib:
-        warnings.append("no held-out images: agreement is measured on the calibration sample")
-    x_held = prepare_batch(held.images, spec)
-    y_held = held.labels_for(model_labels)
+        run.warnings.append("no held-out images: agreement is measured on the calibration sample")
+    x_held = prepare_batch(held.images, contract.input)
     ph.done("heldout_data")
-    if len(calib) < samples:
-        warn(f"calibration used {len(calib)} images (fewer than --samples {samples})")
+    if len(calib) < o.samples:
+        run.warn(f"calibration used {len(calib)} images (fewer than --samples {o.samples})")
     if calib.skipped or source.skipped:
-        warn(f"{calib.skipped + source.skipped} unreadable calibration image(s) skipped")
+        run.warn(f"{calib.skipped + source.skipped} unreadable calibration image(s) skipped")
+    return _Sets(calib, x_cal, held, x_held, held.labels_for(contract.labels))
 
+
+def _provenance(run: _Run, contract: Contract, lm: Any, calib: cal.ImageSet) -> None:
     contract.provenance = {
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": {"file": Path(lm.source).name, "sha256": lm.source_sha256, "format": lm.source_format},
         "repairs": list(lm.repairs),
-        "calibration": {"description": calib.description, "samples": len(calib), "seed": seed,
-                        "sha256": calib.sha256(), "skipped": calib.skipped, "onnx_method": onnx_calibration},
+        "calibration": {"description": calib.description, "samples": len(calib), "seed": run.opts.seed,
+                        "sha256": calib.sha256(), "skipped": calib.skipped,
+                        "onnx_method": run.opts.onnx_calibration},
         "tools": _tool_versions(),
     }
+    hint = lm.contract_hint
     if hint is not None and "training" in hint.provenance:
         # How the model was trained (feredge train's release) travels on with its exports.
         contract.provenance["training"] = hint.provenance["training"]
 
+
+def _convert_phase(run: _Run, loaded: _Loaded, contract: Contract, x_cal: Any, stage: Path,
+                   out: Path) -> dict[str, Any]:
+    """Every target format into ``stage`` (one module each), the contract embedded in each."""
+    from export import onnxconv, tflite
+
+    ph, name, o = run.ph, contract.name, run.opts
+    f_tfl = stage / f"{name}.int8.tflite"
+    ph.start("converting to int8 TFLite")
+    with progress_bar(total=len(x_cal), desc="int8 TFLite calibration", enabled=o.progress) as bar:
+        data, fb = tflite.convert_int8(loaded.view, x_cal, progress_cb=bar.update)
+    f_tfl.write_bytes(data)
+    contract.quantization[f_tfl.name] = {"input": fb.quant(fb.inputs[0]), "output": fb.quant(fb.outputs[0])}
+    ph.done("tflite_int8")
+    f_onnx, f_qonnx = stage / f"{name}.onnx", stage / f"{name}.int8.onnx"
+    ph.start("converting to ONNX")
+    onnx_ops = onnxconv.convert_fp32(loaded.view, loaded.hwc, f_onnx)
+    ph.done("onnx_fp32")
+    with progress_bar(total=len(x_cal), desc="ONNX int8 calibration", enabled=o.progress) as bar:
+        qonnx_ops = onnxconv.quantize_int8(f_onnx, f_qonnx, x_cal, method=o.onnx_calibration,
+                                           progress_cb=bar.update)
+    f32 = QuantParams("float32", 0.0, 0)
+    # QDQ: int8 inside, float I/O; recorded so the runtime does not quantise its input.
+    contract.quantization[f_onnx.name] = {"input": f32, "output": f32}
+    contract.quantization[f_qonnx.name] = {"input": f32, "output": f32}
+    ph.done("onnx_int8")
+    f_keras = stage / f"{name}.keras"
+    try:
+        loaded.lm.model.save(str(f_keras))
+    except Exception as e:  # a wrapped SavedModel may refuse; the export is still useful
+        run.warn(f"could not save the desktop model as {f_keras.name}: {one_line(e, 160)}")
+    ph.done("save_keras")
+    for f in (f_tfl, f_onnx, f_qonnx):
+        embed(f, contract)
+    kinds = {f_tfl.name: "tflite-int8", f_onnx.name: "onnx-fp32", f_qonnx.name: "onnx-int8-qdq",
+             f_keras.name: "keras"}
+    etpu_res = _edgetpu_phase(run, fb, f_tfl, stage, out, contract) if o.edgetpu else None
+    if etpu_res is not None and etpu_res.compiled:
+        kinds[etpu_res.compiled] = "tflite-edgetpu"
+    return {"scored": [f_tfl, f_onnx, f_qonnx], "kinds": kinds, "edgetpu": etpu_res,
+            "ops": {f_tfl.name: fb.op_summary(), f_onnx.name: onnx_ops, f_qonnx.name: qonnx_ops}}
+
+
+def _edgetpu_phase(run: _Run, fb: Any, f_tfl: Path, stage: Path, out: Path, contract: Contract) -> Any:
     from export import edgetpu as etpu
-    from export import onnxconv, runners, tflite
-    from export.scoring import accuracy, compare
+    from export import tflite
 
-    files: dict[str, Path] = {}
-    with staging_dir(out) as stage:
-        # 5. conversions ------------------------------------------------------------------
-        f_tfl = stage / f"{name}.int8.tflite"
-        ph.start("converting to int8 TFLite")
-        with progress_bar(total=len(x_cal), desc="int8 TFLite calibration", enabled=progress) as bar:
-            data, fb = tflite.convert_int8(view, x_cal, progress_cb=bar.update)
-        f_tfl.write_bytes(data)
-        contract.quantization[f_tfl.name] = {"input": fb.quant(fb.inputs[0]), "output": fb.quant(fb.outputs[0])}
-        ph.done("tflite_int8")
+    run.ph.start("checking Edge TPU compatibility")
+    res = etpu.compile_model(f_tfl, stage, etpu.check(fb), name=contract.name, final_dir=out)
+    for p in res.problems:
+        run.warn(f"Edge TPU: {p}")
+    if res.compiled:
+        fc = stage / res.compiled
+        comp_fb = tflite.read_flatbuffer(fc.read_bytes())
+        contract.quantization[fc.name] = {"input": comp_fb.quant(comp_fb.inputs[0]),
+                                          "output": comp_fb.quant(comp_fb.outputs[0])}
+        embed(fc, contract)
+    run.ph.done("edgetpu")
+    return res
 
-        f_onnx, f_qonnx = stage / f"{name}.onnx", stage / f"{name}.int8.onnx"
-        ph.start("converting to ONNX")
-        onnx_ops = onnxconv.convert_fp32(view, hwc, f_onnx)
-        ph.done("onnx_fp32")
-        with progress_bar(total=len(x_cal), desc="ONNX int8 calibration", enabled=progress) as bar:
-            qonnx_ops = onnxconv.quantize_int8(f_onnx, f_qonnx, x_cal, method=onnx_calibration,
-                                               progress_cb=bar.update)
-        f32 = QuantParams("float32", 0.0, 0)
-        contract.quantization[f_onnx.name] = {"input": f32, "output": f32}
-        # QDQ: int8 inside, float I/O; recorded so the runtime does not quantise its input.
-        contract.quantization[f_qonnx.name] = {"input": f32, "output": f32}
-        ph.done("onnx_int8")
 
-        f_keras = stage / f"{name}.keras"
-        try:
-            lm.model.save(str(f_keras))
-        except Exception as e:  # a wrapped SavedModel may refuse; the export is still useful
-            warn(f"could not save the desktop model as {f_keras.name}: {str(e).splitlines()[0][:160]}")
-        ph.done("save_keras")
+def _score_phase(run: _Run, view: Any, contract: Contract, conv: dict[str, Any], sets: _Sets) -> dict[str, Any]:
+    """Every artifact against the desktop model on the held-out faces (the device's runners)."""
+    from export import runners
+    from export.scoring import compare
 
-        for f in (f_tfl, f_onnx, f_qonnx):
-            embed(f, contract)
+    run.ph.start(f"scoring artifacts on {len(sets.x_held)} held-out faces")
+    p_ref = runners.probs(runners.run_keras(view, sets.x_held), contract)
+    run.ph.done("evaluate_keras")
+    artifacts: dict[str, dict[str, Any]] = {"_reference": {"accuracy": _accuracy(p_ref, sets.y_held)}}
+    for f in conv["scored"]:
+        if f.suffix == ".tflite":
+            try:
+                raw = runners.run_tflite(f, contract, sets.x_held)
+            except FeredgeError as e:
+                raise ExportError(f"the int8 TFLite does not load on the device runtime ({e}); the calibration "
+                                  "sample may be too uniform for sane int8 ranges: give more varied images") from None
+        else:
+            raw = runners.run_onnx(f, contract, sets.x_held)
+        p = runners.probs(raw, contract)
+        artifacts[f.name] = {"metrics": compare(p_ref, p), "accuracy": _accuracy(p, sets.y_held)}
+        run.ph.done(f"evaluate_{f.name.removeprefix(contract.name + '.').replace('.', '_')}")
+    return artifacts
 
-        # 6. Edge TPU ---------------------------------------------------------------------
-        etpu_res = None
-        if edgetpu:
-            ph.start("checking Edge TPU compatibility")
-            etpu_res = etpu.check(fb)
-            etpu_res = etpu.compile_model(f_tfl, stage, etpu_res, name=name, final_dir=out)
-            for p in etpu_res.problems:
-                warn(f"Edge TPU: {p}")
-            if etpu_res.compiled:
-                fc = stage / etpu_res.compiled
-                comp_fb = tflite.read_flatbuffer(fc.read_bytes())
-                contract.quantization[fc.name] = {"input": comp_fb.quant(comp_fb.inputs[0]),
-                                                  "output": comp_fb.quant(comp_fb.outputs[0])}
-                embed(fc, contract)
-            ph.done("edgetpu")
 
-        # 7. held-out check ---------------------------------------------------------------
-        ph.start(f"scoring artifacts on {len(x_held)} held-out faces")
-        p_ref = runners.probs(runners.run_keras(view, x_held), contract)
-        ph.done("evaluate_keras")
-        artifacts: dict[str, dict[str, Any]] = {}
-        for f in (f_tfl, f_onnx, f_qonnx):
-            if f is f_tfl:
-                try:
-                    raw = runners.run_tflite(f, contract, x_held)
-                except FeredgeError as e:
-                    raise ExportError(f"the int8 TFLite does not load on the device runtime ({e}); the calibration "
-                                      "sample may be too uniform for sane int8 ranges: give more varied images"
-                                      ) from None
-            else:
-                raw = runners.run_onnx(f, contract, x_held)
-            p = runners.probs(raw, contract)
-            artifacts[f.name] = {"metrics": compare(p_ref, p),
-                                 "accuracy": accuracy(p, y_held) if y_held is not None else None}
-            ph.done(f"evaluate_{f.name.removeprefix(name + '.').replace('.', '_')}")
+def _accuracy(p: Any, y: Any) -> float | None:
+    from export.scoring import accuracy
 
-        # 8. sidecar, report, publish -------------------------------------------------------
-        op_lists = {f_tfl.name: fb.op_summary(), f_onnx.name: onnx_ops, f_qonnx.name: qonnx_ops}
-        kinds = {f_tfl.name: "tflite-int8", f_onnx.name: "onnx-fp32", f_qonnx.name: "onnx-int8-qdq",
-                 f_keras.name: "keras"}
-        if etpu_res is not None and etpu_res.compiled:
-            kinds[etpu_res.compiled] = "tflite-edgetpu"
-        for fname in kinds:
-            f = stage / fname
-            if not f.exists():
-                continue
-            contract.record_artifact(f)
-            files[fname] = out / fname
-            entry = artifacts.setdefault(fname, {})
-            entry.update({"kind": kinds[fname], "bytes": f.stat().st_size,
-                          "sha256": contract.artifacts[fname]["sha256"]})
-            if fname in op_lists:
-                entry["ops"] = op_lists[fname]
-            if fname in contract.quantization:
-                entry["quantization"] = {k: vars(v) for k, v in contract.quantization[fname].items()}
-        artifacts = {k: artifacts[k] for k in kinds if k in artifacts}
-        sidecar = stage / f"{name}.json"
-        contract.save(sidecar)
-        files[sidecar.name] = out / sidecar.name
-        ph.done("write")
-        ph.times["total"] = time.perf_counter() - ph.t0
-        report = {
-            "name": name,
-            "source": contract.provenance["source"],
-            "input": f"{h}x{w}x{c} {col}, resize {spec.resize}",
-            "normalize": f"x*{spec.normalize.scale:.6g}{spec.normalize.offset:+.6g}",
-            "output": activation,
-            "labels": model_labels,
-            "calibration": {**contract.provenance["calibration"], "source": source.description,
-                            "skipped": calib.skipped + source.skipped, "skipped_files": calib.skipped_ids[:20]},
-            "heldout": {"description": held.description, "n": len(held), "skipped": held.skipped,
-                        "skipped_files": held.skipped_ids[:20], "labelled": int((y_held >= 0).sum())
-                        if y_held is not None else 0},
-            "desktop_accuracy": accuracy(p_ref, y_held) if y_held is not None else None,
-            "artifacts": artifacts,
-            "edgetpu": etpu_res.to_dict() if etpu_res is not None else None,
-            "repairs": list(lm.repairs),
-            "warnings": warnings,
-            "timings": {k: round(v, 2) for k, v in ph.times.items()},
-            "tools": contract.provenance["tools"],
-        }
-        rep.write(report, stage)
-        files[rep.JSON_NAME] = out / rep.JSON_NAME
-        files[rep.MD_NAME] = out / rep.MD_NAME
-        _readable(stage)
-        publish(stage, out)
-    written = rep._clean(report)
-    return ExportResult(out_dir=out, name=name, files=files, contract=contract, report=written, warnings=warnings)
+    return accuracy(p, y) if y is not None else None
+
+
+def _report_phase(run: _Run, loaded: _Loaded, contract: Contract, conv: dict[str, Any], scored: dict[str, Any],
+                  source: cal.ImageSet, sets: _Sets, stage: Path) -> dict[str, Any]:
+    """The sidecar contract (artifact hashes recorded) and the export report, written into ``stage``."""
+    kinds = conv["kinds"]
+    desktop_accuracy = scored.pop("_reference")["accuracy"]
+    artifacts: dict[str, dict[str, Any]] = {}
+    for fname, kind in kinds.items():
+        f = stage / fname
+        if not f.exists():
+            continue
+        contract.record_artifact(f)
+        entry = {**scored.get(fname, {}), "kind": kind, "bytes": f.stat().st_size,
+                 "sha256": contract.artifacts[fname]["sha256"]}
+        if fname in conv["ops"]:
+            entry["ops"] = conv["ops"][fname]
+        if fname in contract.quantization:
+            entry["quantization"] = {k: vars(v) for k, v in contract.quantization[fname].items()}
+        artifacts[fname] = entry
+    contract.save(stage / f"{contract.name}.json")
+    run.ph.done("write")
+    run.ph.times["total"] = time.perf_counter() - run.ph.t0
+    spec, calib, held, y = contract.input, sets.calib, sets.held, sets.y_held
+    etpu_res = conv["edgetpu"]
+    report = {
+        "name": contract.name,
+        "source": contract.provenance["source"],
+        "input": f"{spec.height}x{spec.width}x{spec.channels} {spec.color}, resize {spec.resize}",
+        "normalize": f"x*{spec.normalize.scale:.6g}{spec.normalize.offset:+.6g}",
+        "output": loaded.activation,
+        "labels": contract.labels,
+        "calibration": {**contract.provenance["calibration"], "source": source.description,
+                        "skipped": calib.skipped + source.skipped, "skipped_files": calib.skipped_ids[:20]},
+        "heldout": {"description": held.description, "n": len(held), "skipped": held.skipped,
+                    "skipped_files": held.skipped_ids[:20], "labelled": int((y >= 0).sum()) if y is not None else 0},
+        "desktop_accuracy": desktop_accuracy,
+        "artifacts": artifacts,
+        "edgetpu": etpu_res.to_dict() if etpu_res is not None else None,
+        "repairs": list(loaded.lm.repairs),
+        "warnings": run.warnings,
+        "timings": {k: round(v, 2) for k, v in run.ph.times.items()},
+        "tools": contract.provenance["tools"],
+    }
+    rep.write(report, stage)
+    return report
 
 
 def _readable(stage: Path) -> None:
@@ -553,4 +614,4 @@ def _readable(stage: Path) -> None:
             f.chmod(0o644 & ~mask)
 
 
-__all__ = ["ExportResult", "export_model", "parse_labels"]
+__all__ = ["ExportOptions", "ExportResult", "export_model", "parse_labels"]

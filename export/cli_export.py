@@ -41,29 +41,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.api import export_model
+    from export.api import ExportOptions, export_model
 
-    result = export_model(
-        args.model,
-        calibration=args.calibration,
-        out_dir=args.out,
-        architecture=args.architecture,
-        labels=args.labels,
-        normalize=args.normalize,
-        resize=args.resize,
-        color=args.color,
-        face_margin=args.face_margin,
-        usage=args.usage,
-        samples=args.samples,
-        seed=args.seed,
-        name=args.name,
-        keras1_theano=args.keras1_theano,
-        edgetpu=args.edgetpu,
-        trust_model=args.trust_model,
-        progress=not args.quiet,
-        eval_samples=args.eval_samples,
-        onnx_calibration=args.onnx_calibration,
+    opts = ExportOptions(
+        calibration=args.calibration, out_dir=args.out, architecture=args.architecture, labels=args.labels,
+        normalize=args.normalize, resize=args.resize, color=args.color, face_margin=args.face_margin,
+        usage=args.usage, samples=args.samples, seed=args.seed, name=args.name, keras1_theano=args.keras1_theano,
+        edgetpu=args.edgetpu, trust_model=args.trust_model, progress=not args.quiet,
+        eval_samples=args.eval_samples, onnx_calibration=args.onnx_calibration,
     )
+    result = export_model(args.model, opts)
     if not args.quiet:
         print(result.summary())
     return 0
