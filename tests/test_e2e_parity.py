@@ -22,13 +22,9 @@ import pytest
 from edge.model import Classifier
 from edge.preprocess import prepare
 from export import scoring as M
-from export.parity import (
-    DEFAULT_MIN_AGREEMENT_FLOAT,
-    DEFAULT_MIN_AGREEMENT_INT8,
-    read_frames,
-    run_reference,
-    runtime_faces,
-)
+from export.footage import read_frames, runtime_faces
+from export.parity import DEFAULT_MIN_AGREEMENT_FLOAT, DEFAULT_MIN_AGREEMENT_INT8
+from export.runners import run_keras as run_reference
 
 log = logging.getLogger(__name__)
 
