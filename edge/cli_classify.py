@@ -101,68 +101,90 @@ def _human(result) -> str:
     return f"{where}: " + "; ".join(parts)
 
 
-def run(args: argparse.Namespace) -> int:
-    from edge import jsonsafe
-    from edge.annotate import VideoWriter, draw, write_image
+def _is_single(specs: list[str], spec: str, kind: str) -> bool:
+    """One image or video in: an ``--annotate`` name with an extension is that file."""
+    return len(specs) == 1 and not (kind == "images" and Path(spec).is_dir())
+
+
+def _build_pipeline(args: argparse.Namespace):
     from edge.detect import DetectorConfig, FaceDetector
-    from edge.errors import EdgeError
     from edge.model import Classifier
     from edge.pipeline import Pipeline
+
+    clf = Classifier(args.model, backend=args.backend, device=args.device, num_threads=args.threads,
+                     min_score=args.min_score)
+    det = FaceDetector(DetectorConfig(cascade=args.cascade, detect_width=args.detect_width, min_face=args.min_face))
+    log.debug("model %s", clf.describe())
+    return Pipeline(clf, det, max_faces=args.max_faces, redetect_every=args.redetect_every)
+
+
+def _write_annotated(res, spec: str, target: Path, writer, single: bool) -> None:
+    from edge.annotate import draw, write_image
+
+    img = draw(res.frame.image, res.faces)
+    if writer is not None:
+        writer.write(img)
+    elif single and target.suffix:
+        write_image(target, img)
+    else:
+        name = Path(res.frame.source)
+        rel = name.relative_to(spec) if Path(spec).is_dir() else Path(name.name)
+        write_image(target / rel, img)
+
+
+def _classify_one(args: argparse.Namespace, pipe, spec: str, out: Path | None) -> tuple[int, int]:
+    """One input through the pipeline: lines on stdout, the annotated copy written atomically.
+    Returns (frames, faces)."""
+    from edge import jsonsafe
+    from edge.annotate import VideoWriter
     from edge.sources import open_source
+
+    source = open_source(spec)
+    single = _is_single(args.inputs, spec, source.kind)
+    target = _annotate_path(out, source, single) if out else None
+    writer = VideoWriter(target, source.fps) if target and source.kind != "images" else None
+    frames = faces = 0
+    ok = False
+    try:
+        for res in pipe.run(source, max_frames=args.max_frames):
+            frames += 1
+            faces += len(res.faces)
+            sys.stdout.write((jsonsafe.dumps(res.to_dict()) if args.json else _human(res)) + "\n")
+            sys.stdout.flush()
+            if target is not None:
+                _write_annotated(res, spec, target, writer, single)
+        ok = True
+    except KeyboardInterrupt:
+        ok = source.kind == "camera"  # a stopped camera recording is complete as it is
+        raise
+    finally:
+        if writer is not None:
+            writer.close(ok=ok)
+            if ok:
+                log.info("wrote %s (%d frames)", writer.path, writer.frames)
+        source.close()
+    return frames, faces
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge.errors import EdgeError
 
     if args.max_frames is not None and args.max_frames < 1:
         raise EdgeError("--max-frames must be >= 1")
     _check_inputs(args.inputs)
-    if args.annotate:
-        out = Path(args.annotate)
+    out = Path(args.annotate) if args.annotate else None
+    if out is not None:
         for spec in args.inputs:
             kind = _input_kind(spec)
-            single = len(args.inputs) == 1 and not (kind == "images" and Path(spec).is_dir())
-            _check_target(out, kind, is_file=single and bool(out.suffix))
-    clf = Classifier(args.model, backend=args.backend, device=args.device, num_threads=args.threads,
-                     min_score=args.min_score)
-    det = FaceDetector(DetectorConfig(cascade=args.cascade, detect_width=args.detect_width, min_face=args.min_face))
-    pipe = Pipeline(clf, det, max_faces=args.max_faces, redetect_every=args.redetect_every)
-    log.debug("model %s", clf.describe())
-
-    out = Path(args.annotate) if args.annotate else None
+            _check_target(out, kind, is_file=_is_single(args.inputs, spec, kind) and bool(out.suffix))
+    pipe = _build_pipeline(args)
     frames = faces = 0
     t0 = time.perf_counter()
-    write = sys.stdout.write
     for spec in args.inputs:
-        source = open_source(spec)
-        single = len(args.inputs) == 1 and not (source.kind == "images" and Path(spec).is_dir())
-        target = _annotate_path(out, source, single) if out else None
-        writer = VideoWriter(target, source.fps) if target and source.kind != "images" else None
-        ok = False
-        try:
-            for res in pipe.run(source, max_frames=args.max_frames):
-                frames += 1
-                faces += len(res.faces)
-                line = jsonsafe.dumps(res.to_dict()) if args.json else _human(res)
-                write(line + "\n")
-                sys.stdout.flush()
-                if target is not None:
-                    img = draw(res.frame.image, res.faces)
-                    if writer is not None:
-                        writer.write(img)
-                    elif single and target.suffix:
-                        write_image(target, img)
-                    else:
-                        name = Path(res.frame.source)
-                        rel = name.relative_to(spec) if Path(spec).is_dir() else Path(name.name)
-                        write_image(target / rel, img)
-            ok = True
-        except KeyboardInterrupt:
-            ok = source.kind == "camera"  # a stopped camera recording is complete as it is
-            raise
-        finally:
-            if writer is not None:
-                writer.close(ok=ok)
-                if ok:
-                    log.info("wrote %s (%d frames)", writer.path, writer.frames)
-            source.close()
+        n, k = _classify_one(args, pipe, spec, out)
+        frames, faces = frames + n, faces + k
     dt = time.perf_counter() - t0
+    clf = pipe.classifier
     log.info("%d frame(s), %d face(s) in %.2f s (%.1f frames/s) on %s/%s; %d full-frame face searches",
              frames, faces, dt, frames / dt if dt > 0 else 0.0, clf.backend_name, clf.device, pipe.full_searches)
     return 0
