@@ -145,14 +145,16 @@ def test_coral_required_without_library_fails_clearly(edge_tiny_model: Path):
 
 
 def test_coral_auto_falls_back_to_cpu_with_a_reason(edge_tiny_model: Path, caplog):
-    with caplog.at_level(logging.WARNING, logger="edge.backends"):
+    with caplog.at_level(logging.DEBUG, logger="edge.backends"):
         c = Classifier(edge_tiny_model, device="auto")
     if c.handle.fallback_reason is None:
         pytest.skip("an Edge TPU is attached here")
     assert c.device == "cpu"
     assert "libedgetpu" in c.handle.fallback_reason
-    msgs = [r.getMessage() for r in caplog.records]
-    assert any("running on the CPU" in m and "libedgetpu" in m for m in msgs)
+    # a CPU model loses nothing without a Coral: the reason is kept (doctor shows it) and logged
+    # at DEBUG, not as a WARNING on every run of every machine without one
+    recs = [r for r in caplog.records if "running on the CPU" in r.getMessage() and "libedgetpu" in r.getMessage()]
+    assert recs and all(r.levelno == logging.DEBUG for r in recs)
 
 
 def test_edgetpu_model_without_coral_is_refused(edge_tiny_model: Path, tmp_path: Path):

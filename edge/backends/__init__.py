@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.errors import EdgeError
+from edge.errors import EdgeError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,29 @@ def is_edgetpu_model(path: str | os.PathLike[str]) -> bool:
         return b"edgetpu-custom-op" in f.read()
 
 
+def _coral_delegates(rt: Runtime, path: Path, device: str, edgetpu_model: bool) -> tuple[list[Any], str | None]:
+    """``([delegate], None)`` when the Edge TPU is to be used, else ``([], why not)``.
+
+    Without a Coral, a CPU model under ``device="auto"`` loses nothing, so that is logged at
+    DEBUG (a WARNING on every run of a laptop without one would be noise); an Edge TPU model
+    without a Coral cannot run at all, and says so."""
+    from edge.backends import coral
+
+    if device not in ("auto", "coral"):
+        return [], None
+    try:
+        delegates = [coral.load_edgetpu_delegate(rt)]
+    except coral.CoralUnavailable as e:
+        if device == "coral":
+            raise EdgeError(f"--device coral: {e}") from None
+        log.debug("Coral Edge TPU not used, running on the CPU: %s", e)
+        return [], str(e)
+    if not edgetpu_model:
+        log.warning("%s is not compiled for the Edge TPU (feredge export --edgetpu), so it runs on the CPU "
+                    "even though a Coral is attached", path.name)
+    return delegates, None
+
+
 def make_interpreter(
     path: str | os.PathLike[str],
     backend: str = "auto",
@@ -119,11 +142,9 @@ def make_interpreter(
 ) -> InterpreterHandle:
     """Create and allocate an interpreter for ``path`` on the CPU or a Coral Edge TPU.
 
-    ``device="auto"`` tries the Edge TPU delegate and falls back to the CPU with a warning
-    saying why; ``device="coral"`` raises :class:`EdgeError` instead of falling back.
+    ``device="auto"`` tries the Edge TPU delegate and falls back to the CPU;
+    ``device="coral"`` raises :class:`EdgeError` instead of falling back.
     """
-    from edge.backends import coral
-
     if device not in DEVICES:
         raise EdgeError(f"unknown device {device!r}: choose {', '.join(DEVICES)}")
     if num_threads is not None and num_threads < 1:
@@ -133,29 +154,13 @@ def make_interpreter(
         raise EdgeError(f"model not found: {path}")
     rt = load_runtime(backend)
     edgetpu_model = is_edgetpu_model(path)
-
-    delegates: list[Any] = []
-    fallback: str | None = None
-    if device in ("auto", "coral"):
-        try:
-            delegates = [coral.load_edgetpu_delegate(rt)]
-        except coral.CoralUnavailable as e:
-            if device == "coral":
-                raise EdgeError(f"--device coral: {e}") from None
-            fallback = str(e)
-            log.warning("Coral Edge TPU not used, running on the CPU: %s", e)
-        if delegates and not edgetpu_model:
-            log.warning(
-                "%s is not compiled for the Edge TPU (feredge export --edgetpu), so it runs on the CPU "
-                "even though a Coral is attached", path.name,
-            )
+    delegates, fallback = _coral_delegates(rt, path, device, edgetpu_model)
     if edgetpu_model and not delegates:
         raise EdgeError(
             f"{path.name} is compiled for the Edge TPU and cannot run on the CPU"
             + (f" ({fallback})" if fallback else "")
             + "; use the CPU model (<name>.int8.tflite) or attach a Coral"
         )
-
     kwargs: dict[str, Any] = {"model_path": str(path)}
     if delegates:
         kwargs["experimental_delegates"] = delegates
@@ -165,16 +170,8 @@ def make_interpreter(
         interp = rt.interpreter_class(**kwargs)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
-        msg = " ".join(str(e).split())
-        raise EdgeError(f"{rt.name} cannot load {path.name}: {msg[:300]}") from None
+        raise EdgeError(f"{rt.name} cannot load {path.name}: {one_line(e, 300, with_type=False)}") from None
     used = "coral" if delegates and edgetpu_model else "cpu"
     log.debug("interpreter %s %s on %s, threads=%s", rt.name, rt.version, used, num_threads)
-    return InterpreterHandle(
-        interpreter=interp,
-        backend=rt.name,
-        version=rt.version,
-        device=used,
-        num_threads=num_threads,
-        fallback_reason=fallback,
-        delegates=delegates,
-    )
+    return InterpreterHandle(interpreter=interp, backend=rt.name, version=rt.version, device=used,
+                             num_threads=num_threads, fallback_reason=fallback, delegates=delegates)
