@@ -23,7 +23,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -305,56 +305,58 @@ class CameraFeed:
             try:
                 src = self.opener()
             except Exception as e:
-                self._set_offline(f"open failed: {_short(e)}")
-                self._sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
-                continue
-            self.opens += 1
-            q: queue.Queue[Any] = queue.Queue(maxsize=1 if self.live else 4)
-            abandon = threading.Event()
-            reader = threading.Thread(target=self._reader, args=(src, q, abandon), name=f"read-{self.name}",
-                                      daemon=True)
-            reader.start()
-            self._reader_thread, self._abandon = reader, abandon
-            reason = "source ended"
-            finished = False
-            got = 0
-            last = time.monotonic()
-            try:
-                while not self.stop.is_set():
-                    try:
-                        item = q.get(timeout=0.25)
-                    except queue.Empty:
-                        self.heartbeat = now = time.monotonic()
-                        if now - last > self.read_timeout:
-                            reason = f"no frame for {self.read_timeout:g} s"
-                            break
-                        continue
-                    if item is _END:
-                        finished = True
-                        break
-                    if isinstance(item, _Failed):
-                        reason = f"read failed: {_short(item.exc)}"
-                        break
-                    self.heartbeat = last = time.monotonic()
-                    if got == 0:
-                        self._set_online()
-                        delay = self.backoff_min
-                    got += 1
-                    yield item
-            finally:
-                abandon.set()
-            if self.stop.is_set():
-                return
-            if finished and self.finite:
-                self.ended = True
-                self._set_offline("end of file")
-                return
-            if reader.is_alive() and not finished:
-                log.warning("camera %s: reader still blocked; abandoning it", self.name)
+                reason = f"open failed: {_short(e)}"
+            else:
+                self.opens += 1
+                finished, reason, got = yield from self._read_all(src)
+                if got:
+                    delay = self.backoff_min  # it worked: the next failure starts the backoff afresh
+                if self.stop.is_set():
+                    return
+                if finished and self.finite:
+                    self.ended = True
+                    self._set_offline("end of file")
+                    return
             self._set_offline(reason)
             self._sleep(delay)
             delay = min(delay * 2, self.backoff_max)
+
+    def _read_all(self, src: FrameSource) -> Generator[Frame, None, tuple[bool, str, int]]:
+        """Frames of one opened source, read on a thread of its own; returns ``(finished, reason
+        it stopped, frames got)`` when it ends, fails, stalls or the daemon stops."""
+        q: queue.Queue[Any] = queue.Queue(maxsize=1 if self.live else 4)
+        abandon = threading.Event()
+        reader = threading.Thread(target=self._reader, args=(src, q, abandon), name=f"read-{self.name}", daemon=True)
+        reader.start()
+        self._reader_thread, self._abandon = reader, abandon
+        reason, finished, got = "source ended", False, 0
+        last = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                try:
+                    item = q.get(timeout=0.25)
+                except queue.Empty:
+                    self.heartbeat = now = time.monotonic()
+                    if now - last > self.read_timeout:
+                        reason = f"no frame for {self.read_timeout:g} s"
+                        break
+                    continue
+                if item is _END:
+                    finished = True
+                    break
+                if isinstance(item, _Failed):
+                    reason = f"read failed: {_short(item.exc)}"
+                    break
+                self.heartbeat = last = time.monotonic()
+                if got == 0:
+                    self._set_online()
+                got += 1
+                yield item
+        finally:
+            abandon.set()
+        if reader.is_alive() and not finished and not self.stop.is_set():
+            log.warning("camera %s: reader still blocked; abandoning it", self.name)
+        return finished, reason, got
 
 
 def _short(e: BaseException) -> str:
