@@ -30,6 +30,7 @@ from edge.sinks import Sink, create_sinks
 from edge.sources import Frame
 from edge.sources.reconnect import CameraFeed, Opener, check_source, make_opener
 from edge.sources.spec import redact
+from edge.timeline import Timeline
 from edge.track import Tracker
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class CameraState:
     infer_ms: float = 0.0  # EMA of per-face inference time
     detect_ms: float = 0.0
     last_frame: float | None = None
+    frame_size: tuple[int, int] | None = None  # (width, height) of the latest frame
     _fps_frames: int = 0
     _fps_time: float = field(default_factory=time.monotonic)
 
@@ -67,6 +69,27 @@ def valid_image(img: Any) -> bool:
     else:
         return False
     return h >= MIN_SIDE and w >= MIN_SIDE
+
+
+def model_info(clf: Any) -> dict[str, Any]:
+    """What the status page shows about the model: from its contract and its file, read once.
+
+    ``provenance.evaluation`` (the model card's test figures) is passed on as the contract has
+    it: a model exported without a card simply has none."""
+    c = clf.contract
+    spec = c.input
+    info: dict[str, Any] = {
+        "device": clf.device,
+        "labels": list(c.labels),
+        "input": {"height": spec.height, "width": spec.width, "channels": spec.channels, "color": spec.color},
+        "file": clf.path.name,
+    }
+    with contextlib.suppress(OSError):
+        info["bytes"] = clf.path.stat().st_size
+    evaluation = c.provenance.get("evaluation")
+    if isinstance(evaluation, dict) and evaluation:
+        info["evaluation"] = evaluation
+    return info
 
 
 class Daemon:
@@ -90,6 +113,8 @@ class Daemon:
         self.watchdog_pings = 0
         self.backend = "?"
         self.model_name = "?"
+        self.model_info: dict[str, Any] = {}
+        self.timeline = Timeline()  # the last minutes, for the status page
         self._sink_errors: dict[str, int] = {}
 
     # ---- set-up --------------------------------------------------------------------------
@@ -111,6 +136,7 @@ class Daemon:
             pipe = self._make_pipeline()
             clf = pipe.classifier
             self.backend, self.model_name = clf.backend_name, clf.contract.name
+            self.model_info = model_info(clf)
             opener, finite, live = self._openers.get(cam.name) or make_opener(cam)
             feed = CameraFeed(
                 cam.name, opener, stop=self.stop_event, backoff_min=cam.reconnect_min,
@@ -168,6 +194,7 @@ class Daemon:
             return
         for ev in events:
             self.metrics.events.labels(camera=cam.cfg.name, event=ev["event"]).inc()
+        self.timeline.add_events(events)
         self._fanout("events", events)
 
     def _camera_loop(self, cam: CameraState) -> None:
@@ -246,6 +273,7 @@ class Daemon:
         cam.frames += 1
         cam._fps_frames += 1
         cam.last_frame = time.monotonic()
+        cam.frame_size = (int(image.shape[1]), int(image.shape[0]))
         cam.faces_now = len(upd.faces)
         self.metrics.frames.labels(camera=name).inc()
         self.metrics.faces_now.labels(camera=name).set(len(upd.faces))
@@ -279,33 +307,53 @@ class Daemon:
         return ok, {"cameras": cams}
 
     def stats(self) -> dict[str, Any]:
+        """The ``/api/stats`` document (also MQTT ``B/stats`` and the status page's live feed).
+
+        Keys are only ever added: dashboards and scripts read the old ones."""
         now = time.monotonic()
         out: dict[str, Any] = {
             "version": __version__,
             "ts": round(time.time(), 3),
             "uptime": round(now - self.started, 1),
-            "model": {"name": self.model_name, "backend": self.backend},
-            "cameras": {},
+            "model": {"name": self.model_name, "backend": self.backend, **self.model_info},
+            "cameras": {n: self._camera_stats(c, now) for n, c in self.cameras.items()},
         }
-        for n, c in self.cameras.items():
-            out["cameras"][n] = {
-                "online": c.feed.online,
-                "reason": c.feed.reason,
-                "fps": round(c.fps, 2),
-                "frames": c.frames,
-                "corrupt": c.corrupt,
-                "reconnects": c.feed.reconnects,
-                "faces": c.faces_now,
-                "tracks": [{"track_id": t.id, "label": t.label, "score": round(t.score, 3)}
-                           for t in c.tracker.tracks if t.confirmed],
-                "inference_ms": round(c.infer_ms, 3),
-                "detect_ms": round(c.detect_ms, 3),
-                "full_searches": c.pipeline.full_searches,
-            }
         if self.mqtt is not None:
             out["mqtt"] = {"connected": self.mqtt.connected, "queued": self.mqtt.queue_length(),
                            "dropped": self.mqtt.dropped, "published": self.mqtt.published}
+        if self.http is not None:
+            out["http"] = {"snapshots": self.cfg.http.snapshots, "mjpeg": self.cfg.http.mjpeg}
         return out
+
+    def _camera_stats(self, c: CameraState, now: float) -> dict[str, Any]:
+        """One camera: state, rates, and its confirmed tracks with box and smoothed probabilities."""
+        labels = c.tracker.labels
+        tracks = []
+        for t in list(c.tracker.tracks):  # a copy: the camera thread appends to it and replaces it
+            if not t.confirmed:
+                continue
+            probs = t.probs  # one array for score and scores (the camera thread replaces it each frame)
+            tracks.append({"track_id": t.id, "label": t.label, "score": round(float(probs.max()), 3),
+                           "box": [int(v) for v in t.box],
+                           "scores": {lab: round(float(probs[i]), 3) for i, lab in enumerate(labels)
+                                      if i < probs.size}})
+        size = c.frame_size
+        return {
+            "online": c.feed.online,
+            "reason": c.feed.reason,
+            "healthy": self.camera_healthy(c, now),
+            "fps": round(c.fps, 2),
+            "frames": c.frames,
+            "corrupt": c.corrupt,
+            "reconnects": c.feed.reconnects,
+            "faces": c.faces_now,
+            "tracks": tracks,
+            "frame_size": None if size is None else {"width": size[0], "height": size[1]},
+            "last_frame_age": None if c.last_frame is None else round(now - c.last_frame, 2),
+            "inference_ms": round(c.infer_ms, 3),
+            "detect_ms": round(c.detect_ms, 3),
+            "full_searches": c.pipeline.full_searches,
+        }
 
     def status_line(self) -> str:
         parts = []
@@ -325,6 +373,7 @@ class Daemon:
                 c.fps = c._fps_frames / dt if c.feed.online else 0.0
                 c._fps_frames, c._fps_time = 0, now
                 self.metrics.fps.labels(camera=n).set(c.fps)
+                self.timeline.add_fps(n, c.fps)
 
     # ---- main loop -----------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
