@@ -263,6 +263,11 @@ def test_http_endpoints_over_real_http(edge_tiny_model, face_frame):
         stats = json.loads(body)
         assert code == 200 and stats["cameras"]["cam0"]["online"] is True and stats["cameras"]["cam0"]["frames"] > 0
         assert stats["model"]["backend"] == d.backend
+        # the JSON index moved to /api; / is the status page (tests/test_status_page.py)
+        code, body, ctype = http_get(base + "/api")
+        assert code == 200 and ctype == "application/json" and "/api/stats" in json.loads(body)["feredge"]
+        code, body, ctype = http_get(base + "/")
+        assert code == 200 and ctype.startswith("text/html") and b"<title>feredge status</title>" in body
         # privacy: no frame endpoints unless enabled
         assert http_get(base + "/snapshot/cam0.jpg")[0] == 404
         assert http_get(base + "/mjpeg/cam0")[0] == 404

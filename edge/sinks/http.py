@@ -1,23 +1,33 @@
-"""A small HTTP server on a thread: ``/healthz``, ``/metrics``, ``/api/stats`` and, only when
-switched on, ``/snapshot/<camera>.jpg`` and ``/mjpeg/<camera>``.
+"""A small HTTP server on a thread: the status page ``/``, ``/api``, ``/healthz``, ``/metrics``,
+``/api/stats``, ``/api/timeline``, the live feed ``/api/events`` and, only when switched on,
+``/snapshot/<camera>.jpg`` and ``/mjpeg/<camera>``.
 
 The standard library's ``ThreadingHTTPServer`` is enough for a scraper and a browser, and
 adds nothing to install. It listens on 127.0.0.1 by default; the configuration refuses any
 other address without a token (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``). Only
-``/healthz`` answers without the token: it reveals nothing but up/down, and health checkers
-rarely send headers. Clients should send the token in the header: a URL ends up in logs and
-browser histories (the daemon's own request log redacts it). Frames are private: without
-``snapshots``/``mjpeg`` none is kept.
+``/healthz`` and the status page's static files (``edge/web/``: no data in them) answer without
+the token: health reveals nothing but up/down, and health checkers rarely send headers. Clients
+should send the token in the header: a URL ends up in logs and browser histories (the daemon's
+own request log redacts it); the status page does, from its memory only. Frames are private:
+without ``snapshots``/``mjpeg`` none is kept.
+
+The live feed is Server-Sent Events: each client's own handler thread writes the stats
+document a few times a second, never a camera thread; the number of clients is bounded, and
+``close()`` ends every stream at once (their sockets are shut down) so the daemon still stops
+in well under a second.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,16 +42,37 @@ from edge.sources.spec import redact_text
 
 log = logging.getLogger(__name__)
 
+# The status page: URL path -> (file in edge/web/, content type). A fixed list, no file system walk.
+WEB_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+# The page runs only its own script and talks only to this server; blob: for frames fetched with the token.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+                               "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+EVENTS_INTERVAL = 0.3  # seconds between stats documents to one live client (~3 a second)
+TIMELINE_INTERVAL = 5.0  # the timeline changes once a minute at most; sent on connect and every 5 s
+MAX_LIVE_CLIENTS = 8  # live streams (events + MJPEG) at once: each is a thread and a socket
+SEND_TIMEOUT = 10.0  # a live client that stops reading for this long is dropped
+STATS_MAX_AGE = 0.2  # live clients share one stats document this fresh
+
 
 class HttpSink(Sink):
     name = "http"
 
     def __init__(self, config: HttpConfig, *, metrics: DaemonMetrics, stats: Callable[[], dict[str, Any]],
-                 health: Callable[[], tuple[bool, dict[str, Any]]], token: str | None = None) -> None:
+                 health: Callable[[], tuple[bool, dict[str, Any]]], token: str | None = None,
+                 timeline: Callable[[], dict[str, Any]] | None = None) -> None:
         self.cfg = config
         self.metrics = metrics
         self.stats_fn = stats
         self.health_fn = health
+        self.timeline_fn = timeline or (lambda: {"cameras": {}})
         self.token = token
         self.keeps_frames = config.snapshots or config.mjpeg
         self._frames: dict[str, tuple[int, np.ndarray]] = {}
@@ -49,6 +80,11 @@ class HttpSink(Sink):
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._live: set[socket.socket] = set()
+        self._live_cond = threading.Condition()
+        self._stats_cache: tuple[float, dict[str, Any]] | None = None
+        self._stats_lock = threading.Lock()
+        self.web = load_web()
         self.port = config.port
 
     def start(self) -> None:
@@ -67,18 +103,53 @@ class HttpSink(Sink):
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="http", daemon=True)
         self._thread.start()
-        log.info("HTTP: listening on http://%s:%d/ (/healthz /metrics /api/stats%s)", self.cfg.bind, self.port,
-                 " /snapshot /mjpeg" if self.keeps_frames else "")
+        log.info("HTTP: status page on http://%s:%d/ (/api /healthz /metrics /api/stats /api/events%s)",
+                 self.cfg.bind, self.port, " /snapshot /mjpeg" if self.keeps_frames else "")
 
     def close(self) -> None:
+        """Stop serving; end every live stream now (a blocked write too) and wait briefly for them."""
         self._stopping.set()
         with self._frames_cond:
             self._frames_cond.notify_all()
+        with self._live_cond:
+            for sock in self._live:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # the client left already
+            self._live_cond.wait_for(lambda: not self._live, timeout=0.5)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
 
+    # ---- live clients ----------------------------------------------------------------------
+    def enter_live(self, sock: socket.socket) -> bool:
+        """Count a live stream in; False when :data:`MAX_LIVE_CLIENTS` are already streaming."""
+        with self._live_cond:
+            if len(self._live) >= MAX_LIVE_CLIENTS or self._stopping.is_set():
+                return False
+            self._live.add(sock)
+            return True
+
+    def leave_live(self, sock: socket.socket) -> None:
+        with self._live_cond:
+            self._live.discard(sock)
+            self._live_cond.notify_all()
+
+    def live_clients(self) -> int:
+        with self._live_cond:
+            return len(self._live)
+
+    def shared_stats(self) -> dict[str, Any]:
+        """The stats document, computed at most every :data:`STATS_MAX_AGE` s for all live clients."""
+        with self._stats_lock:
+            now = time.monotonic()
+            if self._stats_cache is None or now - self._stats_cache[0] >= STATS_MAX_AGE:
+                self._stats_cache = (now, self.stats_fn())
+            return self._stats_cache[1]
+
+    # ---- frames (only with snapshots or MJPEG) ---------------------------------------------
     def set_frame(self, camera: str, image: np.ndarray) -> None:
         """The daemon hands over the latest frame only when snapshots or MJPEG are enabled."""
         if not self.keeps_frames:
@@ -92,6 +163,25 @@ class HttpSink(Sink):
         with self._frames_cond:
             return self._frames.get(camera)
 
+    def links(self) -> list[str]:
+        out = ["/", "/api", "/healthz", "/metrics", "/api/stats", "/api/timeline", "/api/events"]
+        if self.cfg.snapshots:
+            out.append("/snapshot/<camera>.jpg")
+        if self.cfg.mjpeg:
+            out.append("/mjpeg/<camera>")
+        return out
+
+
+def load_web() -> dict[str, tuple[bytes, str]]:
+    """The status page's files, read once from the package (they are a few kilobytes)."""
+    root = resources.files("edge") / "web"
+    return {path: (root.joinpath(name).read_bytes(), ctype) for path, (name, ctype) in WEB_FILES.items()}
+
+
+def sse(event: str, data: Any) -> bytes:
+    """One Server-Sent Events message; the JSON is on one line, so one ``data:`` field."""
+    return f"event: {event}\ndata: {jsonsafe.dumps(data)}\n\n".encode()
+
 
 class _Handler(BaseHTTPRequestHandler):
     owner: HttpSink
@@ -102,18 +192,21 @@ class _Handler(BaseHTTPRequestHandler):
         # The request line may carry ?token=…: logged redacted, never as sent.
         log.debug("HTTP %s %s", self.client_address[0], redact_text(format % args))
 
-    def _send(self, code: int, body: bytes | str, ctype: str = "application/json") -> None:
+    def _send(self, code: int, body: bytes | str, ctype: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
         data = body.encode() if isinstance(body, str) else body
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
 
-    def _json(self, code: int, obj: Any) -> None:
-        self._send(code, jsonsafe.dumps(obj) + "\n")
+    def _json(self, code: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(code, jsonsafe.dumps(obj) + "\n", headers=headers)
 
     def _authorized(self, query: dict[str, list[str]]) -> bool:
         token = self.owner.token
@@ -139,52 +232,115 @@ class _Handler(BaseHTTPRequestHandler):
                 # Unauthenticated, so up/down only: camera names and reasons are in /api/stats.
                 ok, _detail = o.health_fn()
                 self._json(200 if ok else 503, {"status": "ok" if ok else "degraded"})
-                return
-            if not self._authorized(query):
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Bearer realm="feredge"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            if path == "/metrics":
-                self._send(200, o.metrics.render(), CONTENT_TYPE)
-            elif path == "/api/stats":
-                self._json(200, o.stats_fn())
-            elif path == "/":
-                links = ["/healthz", "/metrics", "/api/stats"]
-                self._json(200, {"feredge": links})
-            elif path.startswith("/snapshot/") and o.cfg.snapshots:
-                self._snapshot(path[len("/snapshot/"):].removesuffix(".jpg"))
-            elif path.startswith("/mjpeg/") and o.cfg.mjpeg:
-                self._mjpeg(path[len("/mjpeg/"):])
+            elif path in o.web:
+                # The page is static and carries no data: it loads without the token, then asks for it.
+                body, ctype = o.web[path]
+                self._send(200, body, ctype, PAGE_HEADERS)
+            elif not self._authorized(query):
+                self._json(401, {"error": "unauthorized: send the token as 'Authorization: Bearer TOKEN'"},
+                           {"WWW-Authenticate": 'Bearer realm="feredge"'})
             else:
-                self._json(404, {"error": f"no such endpoint {path}"})
+                self._route(path, query)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _snapshot(self, camera: str) -> None:
+    def _route(self, path: str, query: dict[str, list[str]]) -> None:
+        o = self.owner
+        if path == "/metrics":
+            self._send(200, o.metrics.render(), CONTENT_TYPE)
+        elif path == "/api":
+            self._json(200, {"feredge": o.links()})
+        elif path == "/api/stats":
+            self._json(200, o.stats_fn())
+        elif path == "/api/timeline":
+            self._json(200, o.timeline_fn())
+        elif path == "/api/events":
+            self._events()
+        elif path.startswith("/snapshot/") and path.endswith(".jpg") and o.cfg.snapshots:
+            annotate = query.get("annotate", ["0"])[0] not in ("0", "", "false")
+            self._snapshot(path[len("/snapshot/"):].removesuffix(".jpg"), annotate)
+        elif path.startswith("/mjpeg/") and o.cfg.mjpeg:
+            self._mjpeg(path[len("/mjpeg/"):])
+        else:
+            self._json(404, {"error": f"no such endpoint {path}"})
+
+    def _start_stream(self, ctype: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Accel-Buffering", "no")  # a reverse proxy must pass each message on at once
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        self.connection.settimeout(SEND_TIMEOUT)
+
+    def _events(self) -> None:
+        """The live feed: ``event: stats`` every :data:`EVENTS_INTERVAL` s, ``event: timeline`` on
+        connect and every :data:`TIMELINE_INTERVAL` s, until the client or the daemon goes."""
+        o = self.owner
+        if not o.enter_live(self.connection):
+            self._json(503, {"error": f"too many live clients (at most {MAX_LIVE_CLIENTS})"}, {"Retry-After": "5"})
+            return
+        try:
+            self._start_stream("text/event-stream; charset=utf-8")
+            if self.command == "HEAD":
+                return
+            next_timeline = 0.0
+            while not o._stopping.is_set():
+                chunk = sse("stats", o.shared_stats())
+                if time.monotonic() >= next_timeline:
+                    chunk += sse("timeline", o.timeline_fn())
+                    next_timeline = time.monotonic() + TIMELINE_INTERVAL
+                self.wfile.write(chunk)
+                o._stopping.wait(EVENTS_INTERVAL)
+        except OSError:
+            pass  # the client left, stopped reading, or the daemon is stopping
+        finally:
+            o.leave_live(self.connection)
+
+    def _snapshot(self, camera: str, annotate: bool) -> None:
         import cv2
 
         item = self.owner.latest(camera)
         if item is None:
             self._json(404, {"error": f"no frame from camera {camera!r}"})
             return
-        _ok, jpg = cv2.imencode(".jpg", item[1], [cv2.IMWRITE_JPEG_QUALITY, 80])
+        image = item[1]
+        if annotate:
+            image = self._annotated(camera, image)
+        _ok, jpg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
         self._send(200, jpg.tobytes(), "image/jpeg")
 
-    def _mjpeg(self, camera: str) -> None:
-        import cv2
+    def _annotated(self, camera: str, image: np.ndarray) -> np.ndarray:
+        """A copy of the frame with the camera's current tracks drawn (smoothed label and score)."""
+        from edge.annotate import draw
 
+        cam = self.owner.stats_fn()["cameras"].get(camera, {})
+        faces = [SimpleNamespace(box=t["box"], prediction=SimpleNamespace(label=t["label"], score=t["score"]))
+                 for t in cam.get("tracks", []) if "box" in t]
+        return draw(image, faces)
+
+    def _mjpeg(self, camera: str) -> None:
         o = self.owner
         if o.latest(camera) is None:
             self._json(404, {"error": f"no frame from camera {camera!r}"})
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        if not o.enter_live(self.connection):
+            self._json(503, {"error": f"too many live clients (at most {MAX_LIVE_CLIENTS})"}, {"Retry-After": "5"})
+            return
+        try:
+            self._start_stream("multipart/x-mixed-replace; boundary=frame")
+            if self.command != "HEAD":
+                self._mjpeg_frames(camera)
+        except OSError:
+            pass
+        finally:
+            o.leave_live(self.connection)
+
+    def _mjpeg_frames(self, camera: str) -> None:
+        import cv2
+
+        o = self.owner
         last = -1
         while not o._stopping.is_set():
             with o._frames_cond:
@@ -192,16 +348,17 @@ class _Handler(BaseHTTPRequestHandler):
                 o._frames_cond.wait_for(
                     lambda seen=seen: o._stopping.is_set() or o._frames.get(camera, (seen,))[0] != seen, timeout=5.0)
                 item = o._frames.get(camera)
-            if item is None or item[0] == last:
+            if item is None or item[0] == last or o._stopping.is_set():
                 continue
             last = item[0]
             _ok, jpg = cv2.imencode(".jpg", item[1], [cv2.IMWRITE_JPEG_QUALITY, 70])
             data = jpg.tobytes()
             self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " +
                              str(len(data)).encode() + b"\r\n\r\n" + data + b"\r\n")
-            time.sleep(0.05)  # at most ~20 fps to a browser
+            o._stopping.wait(0.05)  # at most ~20 fps to a browser
 
 
 def create(config: Any, daemon: Any) -> HttpSink:
+    timeline = getattr(daemon, "timeline", None)
     return HttpSink(config.http, metrics=daemon.metrics, stats=daemon.stats, health=daemon.health,
-                    token=config.http_token())
+                    token=config.http_token(), timeline=timeline.snapshot if timeline is not None else None)
