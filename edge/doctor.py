@@ -31,9 +31,9 @@ def _pkg_version(name: str) -> str | None:
 
 
 def collect(model: str | None = None, backend: str = "auto") -> dict[str, Any]:
-    """All findings as a dict (also used by the daemon's status); never raises for a missing piece."""
-    from edge import __version__, backends
-    from edge.errors import FeredgeError
+    """All findings as a dict (also used by the daemon's status); never raises for a missing piece
+    (an unknown backend name is bad input, and is an error)."""
+    from edge import __version__
 
     r: dict[str, Any] = {
         "feredge": __version__,
@@ -42,41 +42,8 @@ def collect(model: str | None = None, backend: str = "auto") -> dict[str, Any]:
         "todo": [],
     }
     todo: list[str] = r["todo"]
-
-    # Interpreter: report every backend's package without importing TensorFlow.
-    r["backends_installed"] = {
-        name: _pkg_version(backends.backend_module(name).PACKAGE) for name in backends.BACKENDS
-    }
-    runtime = None
-    if backend != "auto":
-        backends.backend_module(backend)  # an unknown name is bad input (one-line error), not a missing package
-    try:
-        runtime = backends.load_runtime(backend)
-        r["interpreter"] = {"backend": runtime.name, "version": runtime.version}
-    except FeredgeError as e:
-        r["interpreter"] = {"error": str(e)}
-        pkg = backends.backend_module(backend).PACKAGE if backend != "auto" else "ai-edge-litert"
-        todo.append(f"pip install {pkg}  (the TFLite interpreter)")
-
-    # OpenCV and the face cascade.
-    try:
-        import cv2
-
-        r["opencv"] = cv2.__version__
-        from edge.detect import find_cascade
-
-        try:
-            r["cascade"] = str(find_cascade())
-        except FeredgeError as e:
-            r["cascade"] = None
-            r["cascade_error"] = str(e)
-            todo.append("pip install opencv-python-headless  or  apt install opencv-data  (Haar cascade)")
-    except ImportError as e:
-        r["opencv"] = None
-        r["cascade"] = None
-        r["cascade_error"] = str(e)
-        todo.append("pip install 'opencv-python-headless<5'")
-
+    runtime = _interpreter(r, backend, todo)
+    _opencv(r, todo)
     # Cameras the kernel exposes (V4L2); the Pi camera module shows up here too with libcamera.
     r["cameras"] = sorted(glob.glob("/dev/video*"), key=lambda p: (len(p), p))
     r["picamera2"] = _pkg_version("picamera2")
@@ -84,25 +51,64 @@ def collect(model: str | None = None, backend: str = "auto") -> dict[str, Any]:
         r["camera_hint"] = (
             "no camera seen: plug in a USB camera or enable the Pi camera (apt install python3-picamera2)"
         )
-
-    # Coral Edge TPU.
-    if runtime is not None:
-        from edge.backends import coral
-
-        try:
-            coral.load_edgetpu_delegate(runtime)
-            r["coral"] = {"ok": True, "library": coral.library_name()}
-        except coral.CoralUnavailable as e:
-            r["coral"] = {"ok": False, "why": str(e)}
-    else:
-        r["coral"] = {"ok": False, "why": "no interpreter to load the delegate with"}
-
-    # Model.
+    r["coral"] = _coral(runtime)
     r["model"] = _check_model(model, backend if runtime is not None else None, todo)
     r["model_given"] = model is not None
     r["can_run"] = runtime is not None and bool(r.get("cascade")) and r["model"].get("ok", False)
     r["can_run_without_model"] = runtime is not None and bool(r.get("cascade"))
     return r
+
+
+def _interpreter(r: dict[str, Any], backend: str, todo: list[str]) -> Any:
+    """Every backend's package (without importing TensorFlow), and the runtime ``backend`` gives."""
+    from edge import backends
+    from edge.errors import FeredgeError
+
+    r["backends_installed"] = {
+        name: _pkg_version(backends.backend_module(name).PACKAGE) for name in backends.BACKENDS
+    }
+    if backend != "auto":
+        backends.backend_module(backend)  # an unknown name is bad input (one-line error), not a missing package
+    try:
+        runtime = backends.load_runtime(backend)
+    except FeredgeError as e:
+        r["interpreter"] = {"error": str(e)}
+        pkg = backends.backend_module(backend).PACKAGE if backend != "auto" else "ai-edge-litert"
+        todo.append(f"pip install {pkg}  (the TFLite interpreter)")
+        return None
+    r["interpreter"] = {"backend": runtime.name, "version": runtime.version}
+    return runtime
+
+
+def _opencv(r: dict[str, Any], todo: list[str]) -> None:
+    from edge.errors import FeredgeError
+
+    try:
+        import cv2
+    except ImportError as e:
+        r["opencv"], r["cascade"], r["cascade_error"] = None, None, str(e)
+        todo.append("pip install 'opencv-python-headless<5'")
+        return
+    r["opencv"] = cv2.__version__
+    from edge.detect import find_cascade
+
+    try:
+        r["cascade"] = str(find_cascade())
+    except FeredgeError as e:
+        r["cascade"], r["cascade_error"] = None, str(e)
+        todo.append("pip install opencv-python-headless  or  apt install opencv-data  (Haar cascade)")
+
+
+def _coral(runtime: Any) -> dict[str, Any]:
+    if runtime is None:
+        return {"ok": False, "why": "no interpreter to load the delegate with"}
+    from edge.backends import coral
+
+    try:
+        coral.load_edgetpu_delegate(runtime)
+        return {"ok": True, "library": coral.library_name()}
+    except coral.CoralUnavailable as e:
+        return {"ok": False, "why": str(e)}
 
 
 def _check_model(model: str | None, backend: str | None, todo: list[str]) -> dict[str, Any]:

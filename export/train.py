@@ -285,6 +285,54 @@ def _compile_new(cfg: TrainConfig, steps_per_epoch: int, n_cls: int):
     return model
 
 
+def _run_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
+    """On resume the schedule and augmentation are the run's own (state.json); only where and
+    how long to run may change."""
+    state_path = Path(cfg.out) / "state.json"
+    if not (resume and state_path.is_file()):
+        return cfg
+    saved = json.loads(state_path.read_text())["config"]
+    keep = {k: getattr(cfg, k) for k in ("data", "out", "time_budget_min", "threads")}
+    return TrainConfig(**{**saved, **keep})
+
+
+def _split(out: Path, y: np.ndarray, cfg: TrainConfig, resume: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded, stratified train/validation split, saved with the run and checked on resume."""
+    tr, va = stratified_split(y, cfg.val_fraction, cfg.seed)
+    split_path = out / "split.npz"
+    if resume and split_path.is_file():
+        z = np.load(split_path)
+        if not (np.array_equal(z["train"], tr) and np.array_equal(z["val"], va)):
+            raise ExportError(f"{split_path}: the data differs from the run being resumed")
+    else:
+        np.savez_compressed(split_path, train=tr, val=va)
+    return tr, va
+
+
+def _fit(model, cfg: TrainConfig, out: Path, data: tuple[np.ndarray, np.ndarray], split, initial_epoch: int,
+         resume: bool, progress: bool) -> None:
+    import tensorflow as tf
+
+    xf, y1h = data
+    tr, va = split
+    # a different shuffle/augmentation stream per resumption, still a function of (seed, epoch)
+    stream = cfg.seed * 1000 + initial_epoch
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((xf[tr], y1h[tr]))
+        .shuffle(len(tr), seed=stream, reshuffle_each_iteration=True)
+        .batch(cfg.batch_size)
+        .map(lambda a, b: (augment_batch(a, cfg), b), num_parallel_calls=2)
+        .prefetch(2)
+    )
+    tf.random.set_global_generator(tf.random.Generator.from_seed(stream))
+    val_ds = tf.data.Dataset.from_tensor_slices((xf[va], y1h[va])).batch(256)
+    # a fixed sample of clean training faces for the BN statistics of the EMA weights
+    bn_idx = np.random.default_rng(cfg.seed).choice(tr, size=min(len(tr), 2048), replace=False)
+    callbacks = _callbacks(cfg, out, time.monotonic(), resume, xf[np.sort(bn_idx)])
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+              callbacks=callbacks, verbose=1 if progress else 2)
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path | None:
     """Train (or continue) a run; returns the release model, or None when the time budget stopped it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -295,53 +343,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
         tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "state.json"
-    if resume and state_path.is_file():
-        saved = json.loads(state_path.read_text())["config"]
-        # the schedule and augmentation are the run's; only where/how long to run may change
-        keep = {k: getattr(cfg, k) for k in ("data", "out", "time_budget_min", "threads")}
-        cfg = TrainConfig(**{**saved, **keep})
+    cfg = _run_config(cfg, resume)
     if cfg.precision != "float32":
         keras.mixed_precision.set_global_policy(cfg.precision)
     keras.utils.set_random_seed(cfg.seed)
     x, y = load_fer_arrays(Path(cfg.data), "train", cache=_cache_path(Path(cfg.data), "train"))
-    tr, va = stratified_split(y, cfg.val_fraction, cfg.seed)
-    split_path = out / "split.npz"
-    if resume and split_path.is_file():
-        z = np.load(split_path)
-        if not (np.array_equal(z["train"], tr) and np.array_equal(z["val"], va)):
-            raise ExportError(f"{split_path}: the data differs from the run being resumed")
-    else:
-        np.savez_compressed(split_path, train=tr, val=va)
+    tr, va = _split(out, y, cfg, resume)
     xf = (x.astype(np.float32) / 255.0)[..., None]
     n_cls = len(FER2013_LABELS)
-    y1h = np.eye(n_cls, dtype=np.float32)[y]
-    steps_per_epoch = math.ceil(len(tr) / cfg.batch_size)
-
+    state_path = out / "state.json"
     initial_epoch = 0
     if resume and (out / "last.keras").is_file() and state_path.is_file():
         model = keras.models.load_model(out / "last.keras")
         initial_epoch = json.loads(state_path.read_text())["epoch"]
         log.info("resuming at epoch %d of %d", initial_epoch, cfg.epochs)
     else:
-        model = _compile_new(cfg, steps_per_epoch, n_cls)
+        model = _compile_new(cfg, math.ceil(len(tr) / cfg.batch_size), n_cls)
     if initial_epoch < cfg.epochs:
-        # a different shuffle/augmentation stream per resumption, still a function of (seed, epoch)
-        stream = cfg.seed * 1000 + initial_epoch
-        train_ds = (
-            tf.data.Dataset.from_tensor_slices((xf[tr], y1h[tr]))
-            .shuffle(len(tr), seed=stream, reshuffle_each_iteration=True)
-            .batch(cfg.batch_size)
-            .map(lambda a, b: (augment_batch(a, cfg), b), num_parallel_calls=2)
-            .prefetch(2)
-        )
-        tf.random.set_global_generator(tf.random.Generator.from_seed(stream))
-        val_ds = tf.data.Dataset.from_tensor_slices((xf[va], y1h[va])).batch(256)
-        started = time.monotonic()
-        # a fixed sample of clean training faces for the BN statistics of the EMA weights
-        bn_idx = np.random.default_rng(cfg.seed).choice(tr, size=min(len(tr), 2048), replace=False)
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                  callbacks=_callbacks(cfg, out, started, resume, xf[np.sort(bn_idx)]), verbose=1 if progress else 2)
+        _fit(model, cfg, out, (xf, np.eye(n_cls, dtype=np.float32)[y]), (tr, va), initial_epoch, resume, progress)
         if json.loads(state_path.read_text())["epoch"] < cfg.epochs:
             return None
     return finish(cfg, out, xf[va], y[va], train_size=len(tr))

@@ -1,0 +1,58 @@
+"""The shape of the code, kept by a test so later work keeps it: small functions, and an
+architecture document that names only what exists. Also: the device package never imports
+TensorFlow (tests/test_edge_cli.py proves it at run time; this reads the sources)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("edge", "export")
+MAX_LINES = 80  # no function longer than this ...
+LONG_LINES = 50  # ... and at most MAX_LONG longer than this
+MAX_LONG = 8
+
+
+def _functions() -> list[tuple[int, str]]:
+    out = []
+    for pkg in PACKAGES:
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    out.append((n, f"{f.relative_to(ROOT)}:{node.lineno} {node.name}()"))
+    return sorted(out, reverse=True)
+
+
+def test_functions_stay_small():
+    funcs = _functions()
+    too_long = [f"{where} has {n} lines" for n, where in funcs if n > MAX_LINES]
+    assert not too_long, f"split these (limit {MAX_LINES} lines): {too_long}"
+    long_ones = [f"{where} ({n})" for n, where in funcs if n > LONG_LINES]
+    assert len(long_ones) <= MAX_LONG, f"{len(long_ones)} functions over {LONG_LINES} lines (at most {MAX_LONG}): " \
+                                       f"{long_ones}"
+
+
+def test_architecture_doc_names_only_what_exists():
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    code = "\n".join(f.read_text(encoding="utf-8") for pkg in PACKAGES for f in (ROOT / pkg).rglob("*.py"))
+    defined = set(re.findall(r"^\s*(?:def|class)\s+(\w+)", code, re.M))
+    defined |= set(re.findall(r"^(\w+)\s*(?::[^=]+)?=", code, re.M))  # module-level names (tables, constants)
+    named = set(re.findall(r"`(?:[\w.]+\.)?(\w+)\(", text))
+    missing = sorted(n for n in named if n not in defined)
+    assert not missing, f"docs/architecture.md names functions that do not exist: {missing}"
+    for path in re.findall(r"`((?:edge|export)/[\w/]+\.py)`", text):
+        assert (ROOT / path).is_file(), f"docs/architecture.md names {path}, which does not exist"
+
+
+def test_edge_sources_never_import_tensorflow():
+    for f in (ROOT / "edge").rglob("*.py"):
+        if f.name == "tensorflow_lite.py":  # the one backend that is TensorFlow, imported only when chosen
+            continue
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad = [n for n in names if n.split(".")[0] in ("tensorflow", "keras", "tf_keras")]
+            assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
