@@ -129,6 +129,9 @@ class MqttConfig:
     enabled: bool = False
     host: str = "localhost"
     port: int = 1883
+    # The device's identity in a fleet (topics, Home Assistant device); $FEREDGE_NODE_ID wins, and
+    # the default is derived from /etc/machine-id (edge/identity.py). client_id defaults to it.
+    node_id: str | None = None
     client_id: str | None = None
     base_topic: str = "feredge"
     discovery: bool = True
@@ -343,6 +346,8 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("mqtt", "port"): (_port(1), "a TCP port (1-65535)"),
     ("mqtt", "qos"): (_one_of(0, 1, 2), "0, 1 or 2"),
     ("mqtt", "queue_size"): (_at_least(1), ">= 1"),
+    ("mqtt", "node_id"): (lambda v: v is None or re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) is not None,
+                          "1-64 letters, digits, _ or -"),
     ("mqtt", "keepalive"): (_at_least(1), ">= 1 second"),
     ("mqtt", "reconnect_min"): (_positive, "> 0 seconds"),
     ("mqtt", "reconnect_max"): (_positive, "> 0 seconds"),

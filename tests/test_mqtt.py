@@ -109,7 +109,7 @@ def face_source(astronaut_bgr):
 
 def mqtt_config(model, port, **mqtt):
     return make_config(model, mqtt={"enabled": True, "host": "127.0.0.1", "port": port,
-                                    "client_id": "feredge-test", "reconnect_min": 1.0, "reconnect_max": 2.0,
+                                    "node_id": "feredge-test", "reconnect_min": 1.0, "reconnect_max": 2.0,
                                     **mqtt}, daemon={"stats_interval": 0.5})
 
 
@@ -122,7 +122,8 @@ def test_topics_and_home_assistant_discovery(tmp_path, edge_tiny_model, face_sou
         cfg = mqtt_config(edge_tiny_model, port, state_interval=0.0)
         d = Daemon(cfg, openers={"cam0": (face_source, False, True)})
         t = start(d)
-        B, P, node = "feredge", "homeassistant", "feredge-test"
+        P, node = "homeassistant", "feredge-test"
+        B = f"feredge/{node}"  # every topic of a device under base/node_id
         assert wait_until(lambda: sub.on(f"{B}/cam0/events") and sub.on(f"{B}/stats")
                           and sub.on(f"{B}/cam0/state"), 120), sub.messages[-10:]
         assert sub.on(f"{B}/availability")[-1] == "online"
@@ -176,7 +177,7 @@ def test_broker_absent_at_start_and_restarted(tmp_path, edge_tiny_model, face_so
 
         broker.start()
         sub = Subscriber(port)
-        assert wait_until(lambda: d.mqtt.connected and sub.on("feredge/stats"), 60)
+        assert wait_until(lambda: d.mqtt.connected and sub.on("feredge/feredge-test/stats"), 60)
         assert d.mqtt.connects == 1
         frames = cam.frames
 
@@ -190,7 +191,7 @@ def test_broker_absent_at_start_and_restarted(tmp_path, edge_tiny_model, face_so
         late = Subscriber(port)
         try:
             assert wait_until(lambda: late.retained("homeassistant/sensor/feredge-test/cam0_expression/config")
-                              and late.retained("feredge/availability") == ["online"], 30)
+                              and late.retained("feredge/feredge-test/availability") == ["online"], 30)
         finally:
             late.close()
         assert t.is_alive()
@@ -210,15 +211,16 @@ def test_last_will_marks_a_killed_daemon_offline(tmp_path, edge_tiny_model, woma
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "run", "--model", str(edge_tiny_model), "--source", str(woman_video),
          "--loop", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port), "--http-port", "0",
-         "--set", "mqtt.client_id='feredge-will'"],
+         "--set", "mqtt.node_id='feredge-will'"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
-        assert wait_until(lambda: sub.on("feredge/availability")[-1:] == ["online"] or proc.poll() is not None, 120)
+        avail = "feredge/feredge-will/availability"
+        assert wait_until(lambda: sub.on(avail)[-1:] == ["online"] or proc.poll() is not None, 120)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         proc.send_signal(signal.SIGKILL)  # no goodbye: only the broker's last will can tell
         proc.wait(timeout=30)
-        assert wait_until(lambda: sub.on("feredge/availability")[-1:] == ["offline"], 60)
+        assert wait_until(lambda: sub.on(avail)[-1:] == ["offline"], 60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -240,7 +242,7 @@ def test_example_config_end_to_end(tmp_path, edge_tiny_model, woman_video):
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "run", "--config", str(example), "--model", str(edge_tiny_model),
          "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port), "--http-port", str(http_port),
-         "--set", "mqtt.client_id='feredge-example'", "--set", "jsonl.mode='frames'"],
+         "--set", "mqtt.node_id='feredge-example'", "--set", "jsonl.mode='frames'"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     lines: list[str] = []
@@ -249,15 +251,15 @@ def test_example_config_end_to_end(tmp_path, edge_tiny_model, woman_video):
     try:
         node = "feredge-example"
         def seen() -> bool:
-            states = [json.loads(x) for x in sub.on("feredge/shelf/state")]
+            states = [json.loads(x) for x in sub.on("feredge/feredge-example/shelf/state")]
             return bool(sub.on(f"homeassistant/sensor/{node}/shelf_expression/config")
-                        and any(st["faces"] >= 1 for st in states) and sub.on("feredge/shelf/events"))
+                        and any(st["faces"] >= 1 for st in states) and sub.on("feredge/feredge-example/shelf/events"))
 
         assert wait_until(lambda: seen() or proc.poll() is not None, 180)
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=30) as r:
             metrics = r.read().decode()
-        assert 'feredge_frames_total{camera="shelf"}' in metrics and "feredge_up 1" in metrics
+        assert 'feredge_frames_total{camera="shelf"}' in metrics and "feredge_up 1.0" in metrics
         assert wait_until(lambda: any('"type":"frame"' in x for x in lines), 60)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -265,7 +267,7 @@ def test_example_config_end_to_end(tmp_path, edge_tiny_model, woman_video):
         records = [json.loads(x) for x in lines if x.startswith("{")]
         assert any(r["type"] == "event" and r["event"] == "appeared" for r in records)
         assert all(f["track_id"] >= 1 for r in records if r["type"] == "frame" for f in r["faces"])
-        assert wait_until(lambda: sub.on("feredge/availability")[-1:] == ["offline"], 30)
+        assert wait_until(lambda: sub.on(f"feredge/{node}/availability")[-1:] == ["offline"], 30)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,16 +1,27 @@
 """MQTT and Home Assistant: availability, per-camera state, events, stats, discovery.
 
-Topics (``B`` = ``mqtt.base_topic``, default ``feredge``; ``P`` = ``mqtt.discovery_prefix``):
+Topics (``B`` = ``mqtt.base_topic``, default ``feredge``; ``N`` = the device's node id,
+:mod:`edge.identity`; ``P`` = ``mqtt.discovery_prefix``). Every topic of a device is under
+``B/N/`` so that a fleet shares one broker without mixing:
 
-- ``B/availability`` — retained ``online``/``offline``; ``offline`` is also the last will, so
-  the broker announces a daemon that vanished without saying goodbye.
-- ``B/<camera>/availability`` — retained ``online``/``offline`` for each camera.
-- ``B/<camera>/state`` — retained JSON ``{"faces", "expression", "expressions", "tracks", "ts"}``,
+- ``B/N/availability`` — retained ``online``/``offline``; ``offline`` is also the last will, so
+  the broker announces a daemon that vanished without saying goodbye (that device only).
+- ``B/N/<camera>/availability`` — retained ``online``/``offline`` for each camera.
+- ``B/N/<camera>/state`` — retained JSON ``{"faces", "expression", "expressions", "tracks", "ts"}``,
   sent when it changes, at most every ``state_interval`` seconds.
-- ``B/<camera>/events`` — JSON per event (``appeared``, ``changed``, ``left``), not retained.
-- ``B/stats`` — JSON statistics every ``daemon.stats_interval`` seconds.
-- ``P/sensor/<node>/<camera>_expression/config`` and ``…/<camera>_faces/config`` — retained
+- ``B/N/<camera>/events`` — JSON per event (``appeared``, ``changed``, ``left``), not retained.
+- ``B/N/stats`` — JSON statistics every ``daemon.stats_interval`` seconds.
+- ``P/sensor/N/<camera>_expression/config`` and ``…/<camera>_faces/config`` — retained
   Home Assistant discovery documents for an expression sensor and a face-count sensor.
+
+The MQTT client id is ``N`` unless ``mqtt.client_id`` is set. When the broker says
+another client took this session over (MQTT 5's reason code 0x8E), or — on brokers that just
+close the older connection, like mosquitto 2.0.11 — the connection dies right after it opens
+twice in a row, the sink logs one error naming the id and waits 20 s or more between attempts
+instead of reconnecting every second.
+Earlier versions published ``B/availability`` and ``B/<camera>/…`` for every device; on its first
+connection with this layout a device clears those retained topics and its old discovery
+documents, so Home Assistant keeps no ghost entities.
 
 Why a queue of our own: paho only queues QoS>0 messages while disconnected and drops
 QoS 0 ones; the daemon must keep classifying with the broker gone, hold a bounded backlog
@@ -22,19 +33,34 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import re
 import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from edge import __version__, jsonsafe
 from edge.config import MqttConfig
+from edge.identity import node_id
 from edge.metrics import DaemonMetrics
 from edge.sinks import Sink
 
 log = logging.getLogger(__name__)
+
+
+# MQTT 5 reason code 0x8E "Session taken over"; the backoff (min, max seconds) it triggers.
+SESSION_TAKEN_OVER = 0x8E
+TAKEOVER_BACKOFF = (20, 60)
+SHORT_LIVED_S = 30.0  # a connection closed sooner than this counts towards a takeover
+
+
+def _state_dir() -> Path | None:
+    """systemd's StateDirectory= (``$STATE_DIRECTORY``), where a device keeps what must survive."""
+    d = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(d) if d and Path(d).is_dir() else None
 
 
 def _slug(text: str) -> str:
@@ -85,9 +111,15 @@ class MqttSink(Sink):
         self.cameras = list(cameras)
         self.password = password
         self.metrics = metrics
-        self.node_id = _slug(config.client_id or f"feredge-{socket.gethostname()}")
-        self.base = config.base_topic
+        self.node_id = node_id(config.node_id)
+        self.client_id = config.client_id or self.node_id
+        self.root = config.base_topic
+        self.base = f"{config.base_topic}/{self.node_id}"  # every topic of this device is under it
         self.avail_topic = f"{self.base}/availability"
+        self._migrated = False
+        self._taken_over = 0
+        self._short_drops = 0
+        self._connected_at: float | None = None
         self._queue: collections.deque[tuple[str, str, int, bool]] = collections.deque(maxlen=config.queue_size)
         self._cond = threading.Condition()
         self._connected = False
@@ -109,7 +141,7 @@ class MqttSink(Sink):
     def start(self) -> None:
         import paho.mqtt.client as mqtt  # only when MQTT is enabled
 
-        c = _client_class()(mqtt.CallbackAPIVersion.VERSION2, client_id=self.node_id, clean_session=True)
+        c = _client_class()(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         c.will_set(self.avail_topic, "offline", qos=1, retain=True)
         if self.cfg.username:
             c.username_pw_set(self.cfg.username, self.password)
@@ -126,12 +158,12 @@ class MqttSink(Sink):
         self._client = c
         # connect_async + loop_start: an absent broker is retried in the background with
         # paho's backoff instead of failing start-up.
-        c.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        c.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, clean_start=True)
         c.loop_start()
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
         self._sender.start()
-        log.info("MQTT: connecting to %s:%d as %s (base topic %s)", self.cfg.host, self.cfg.port,
-                 self.node_id, self.base)
+        log.info("MQTT: connecting to %s:%d as node %s (client id %s, topics %s/…)", self.cfg.host, self.cfg.port,
+                 self.node_id, self.client_id, self.base)
 
     def close(self) -> None:
         c = self._client
@@ -184,8 +216,11 @@ class MqttSink(Sink):
             self._failed(f"the broker refused the connection: {reason_code}{hint}")
             return
         self._last_failure = None
+        self._connected_at = time.monotonic()
         self.connects += 1
         log.info("MQTT: connected to %s:%d", self.cfg.host, self.cfg.port)
+        if not self._migrated:
+            self._clear_old_layout(client)
         # Restate everything retained first: the broker may have restarted and forgotten it.
         client.publish(self.avail_topic, "online", qos=1, retain=True)
         if self.cfg.discovery:
@@ -210,8 +245,56 @@ class MqttSink(Sink):
             self._connected = False
         if self.metrics:
             self.metrics.mqtt_connected.set(0)
-        if was and not self._stopping:
+        if self._stopping:
+            return
+        lived = time.monotonic() - self._connected_at if self._connected_at is not None else 0.0
+        self._short_drops = self._short_drops + 1 if was and lived < SHORT_LIVED_S else 0
+        if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER:
+            self._on_taken_over(client, "the broker says another client took this session over")
+        elif self._short_drops >= 2:
+            # Brokers without MQTT 5's reason code (mosquitto 2.0.11 among them) just close the
+            # older connection: a connection that keeps dying right after it opens is the sign.
+            self._on_taken_over(client, f"the broker closed the connection right after it opened, "
+                                        f"{self._short_drops} times in a row")
+        elif was:
+            if self._taken_over:  # a different trouble now: back to the configured backoff
+                self._taken_over = 0
+                client.reconnect_delay_set(max(1, int(self.cfg.reconnect_min)), max(1, int(self.cfg.reconnect_max)))
             log.warning("MQTT: disconnected (%s); reconnecting with backoff", reason_code)
+
+    def _on_taken_over(self, client: Any, why: str) -> None:
+        """Another process uses this client id; fighting it would cost a reconnect a second on both
+        sides, so say so once and retry at most three times a minute."""
+        self._taken_over += 1
+        level = logging.ERROR if self._taken_over == 1 else logging.DEBUG
+        log.log(level, "MQTT: %s: most likely another client uses the client id %r (node %s); two devices or "
+                "daemons share one id: set FEREDGE_NODE_ID or mqtt.node_id to tell them apart. Retrying every %d s "
+                "or more.",
+                why, self.client_id, self.node_id, TAKEOVER_BACKOFF[0])
+        client.reconnect_delay_set(*TAKEOVER_BACKOFF)
+
+    def _clear_old_layout(self, client: Any) -> None:
+        """Once per device: empty the retained topics and discovery documents that versions before
+        the per-device layout published (``B/availability``, ``B/<camera>/…``, the hostname node)."""
+        marker = _state_dir() / "mqtt-layout-2" if _state_dir() else None
+        self._migrated = True
+        if marker is not None and marker.exists():
+            return
+        old_node = _slug(self.cfg.client_id or f"feredge-{socket.gethostname()}")
+        topics = [f"{self.root}/availability"]
+        for cam in self.cameras:
+            topics += [f"{self.root}/{cam}/availability", f"{self.root}/{cam}/state"]
+            if old_node != self.node_id:
+                topics += [f"{self.cfg.discovery_prefix}/sensor/{old_node}/{cam}_{what}/config"
+                           for what in ("expression", "faces")]
+        for t in topics:
+            client.publish(t, b"", qos=1, retain=True)
+        log.info("MQTT: cleared %d retained topic(s) of the earlier single-device layout", len(topics))
+        if marker is not None:
+            try:
+                marker.write_text("topics under <base>/<node_id>/\n")
+            except OSError as e:
+                log.debug("cannot record the MQTT layout migration in %s: %s", marker, e)
 
     # ---- queue ---------------------------------------------------------------------------
     def _drop(self) -> None:
