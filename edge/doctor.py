@@ -34,11 +34,13 @@ def collect(model: str | None = None, backend: str = "auto") -> dict[str, Any]:
     """All findings as a dict (also used by the daemon's status); never raises for a missing piece
     (an unknown backend name is bad input, and is an error)."""
     from edge import __version__
+    from edge.identity import node_id
 
     r: dict[str, Any] = {
         "feredge": __version__,
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
+        "node_id": node_id(),  # $FEREDGE_NODE_ID or the machine-id default (mqtt.node_id is the daemon's)
         "todo": [],
     }
     todo: list[str] = r["todo"]
@@ -137,7 +139,7 @@ def _check_model(model: str | None, backend: str | None, todo: list[str]) -> dic
 
 def _print_human(r: dict[str, Any]) -> None:
     out = sys.stdout.write
-    out(f"feredge {r['feredge']}  Python {r['python']}  {r['platform']}\n")
+    out(f"feredge {r['feredge']}  Python {r['python']}  {r['platform']}  node {r['node_id']}\n")
     it = r["interpreter"]
     others = ", ".join(f"{k} {v}" if v else f"{k} not installed" for k, v in r["backends_installed"].items())
     if "error" in it:

@@ -42,6 +42,14 @@ def test_default_node_id_is_what_systemd_derives(tmp_path, monkeypatch):
     assert default_node_id(other) != default_node_id()  # another machine, another id
 
 
+def test_doctor_shows_the_node_id(monkeypatch, capsys):
+    from edge.cli import main
+
+    monkeypatch.setenv("FEREDGE_NODE_ID", "shelf-7")
+    main(["doctor"])
+    assert "node shelf-7" in capsys.readouterr().out.splitlines()[0]
+
+
 def test_node_id_order_and_validation(monkeypatch):
     monkeypatch.delenv("FEREDGE_NODE_ID", raising=False)
     assert node_id("kitchen") == "kitchen"
