@@ -30,6 +30,7 @@ bench: venv
 	$(PY) bench/bench_edge.py
 	$(PY) bench/bench_daemon.py
 	$(PY) bench/bench_model.py
+	$(PY) bench/bench_fleet.py
 
 clean:
 	rm -rf $(VENV) .cache out reports .pytest_cache
