@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 
-.PHONY: venv test lint demo bench clean
+.PHONY: venv test test-fast test-edge lint demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,27 @@ lint: venv
 test: venv lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The inner loop: no slow end-to-end tests, no emulation (a few minutes).
+test-fast: venv lint
+	$(PY) -m pytest -q -m "not slow and not qemu" $(PYTEST_ARGS)
+
+# The device package alone, as a Pi has it: a venv with feredge[edge] and no TensorFlow, and the
+# device-side tests on the shipped default model.
+EDGE_VENV ?= .venv-edge
+EDGE_TESTS = tests/test_edge_cli.py tests/test_edge_pipeline.py tests/test_edge_detect.py tests/test_daemon.py \
+	tests/test_daemon_sources.py tests/test_reliability.py tests/test_config.py tests/test_track.py \
+	tests/test_contract.py tests/test_fsutil.py tests/test_mqtt.py tests/test_fleet.py tests/test_systemd.py
+$(EDGE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(EDGE_VENV)/bin/python -m pip install -q -e '.[edge]' pytest scikit-image
+	touch $@
+
+test-edge: $(EDGE_VENV)/.installed
+	$(EDGE_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is not None)" \
+		|| { echo "test-edge: TensorFlow is installed in $(EDGE_VENV)"; exit 1; }
+	$(EDGE_VENV)/bin/python -m pytest -q -p no:cacheprovider $(EDGE_TESTS) $(PYTEST_ARGS)
+
 demo: venv
 	$(PY) scripts/demo.py
 
@@ -33,7 +54,7 @@ bench: venv
 	$(PY) bench/bench_fleet.py
 
 clean:
-	rm -rf $(VENV) .cache out reports .pytest_cache
+	rm -rf $(VENV) $(EDGE_VENV) .cache out reports .pytest_cache
 
 # Raspberry Pi bundle (docs/flash-a-pi.md): make bundle TARGET=rpi-trixie-arm64 MODEL=out/fer
 .PHONY: bundle verify-pi

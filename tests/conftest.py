@@ -64,6 +64,21 @@ def face_frame(astronaut_bgr):
 
 
 @pytest.fixture(scope="session")
+def edge_model(tmp_path_factory) -> Path:
+    """A copy of the shipped default model (edge/data/default: int8 TFLite and its contract): the
+    device-side tests run on what users run, and need no TensorFlow (``make test-edge`` runs them
+    in a venv with only ``feredge[edge]``)."""
+    import shutil
+
+    src = ROOT / "edge" / "data" / "default"
+    out = tmp_path_factory.mktemp("default-model")
+    for f in src.iterdir():
+        if f.suffix in (".tflite", ".json"):
+            shutil.copyfile(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="session")
 def edge_tiny_model(tmp_path_factory) -> Path:
     """A tiny real int8 TFLite model (48x48 grey, FER2013 labels) with an embedded contract and a
     sidecar, built in a few seconds with TensorFlow's converter, for the edge runtime tests.

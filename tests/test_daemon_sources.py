@@ -92,11 +92,11 @@ def photo(astronaut_bgr):
     return astronaut_bgr
 
 
-def test_picamera2_lores_detection_main_crops(monkeypatch, edge_tiny_model, photo):
+def test_picamera2_lores_detection_main_crops(monkeypatch, edge_model, photo):
     mod = fake_picamera2_module(photo)
     monkeypatch.setitem(sys.modules, "picamera2", mod)
     rec = RecordingSink()
-    cfg = make_config(edge_tiny_model, camera={"source": "picamera2", "width": MAIN[0], "height": MAIN[1]})
+    cfg = make_config(edge_model, camera={"source": "picamera2", "width": MAIN[0], "height": MAIN[1]})
     d = Daemon(cfg, extra_sinks=[rec])
     t = start(d)
     try:
@@ -115,11 +115,11 @@ def test_picamera2_lores_detection_main_crops(monkeypatch, edge_tiny_model, phot
     assert abs(box[0] - fx) < 0.25 * fw and abs(box[1] - fy) < 0.25 * fh and 0.7 < box[2] / fw < 1.4
 
 
-def test_picamera2_timeout_reopens_camera(monkeypatch, edge_tiny_model, photo):
+def test_picamera2_timeout_reopens_camera(monkeypatch, edge_model, photo):
     mod = fake_picamera2_module(photo, fail_after=5)
     monkeypatch.setitem(sys.modules, "picamera2", mod)
     rec = RecordingSink()
-    cfg = make_config(edge_tiny_model, camera={"source": "picamera2:0", "read_timeout": 0.5})
+    cfg = make_config(edge_model, camera={"source": "picamera2:0", "read_timeout": 0.5})
     d = Daemon(cfg, extra_sinks=[rec])
     t = start(d)
     try:

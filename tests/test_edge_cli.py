@@ -20,8 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model_dir(edge_tiny_model: Path) -> Path:
-    return edge_tiny_model
+def model_dir(edge_model: Path) -> Path:
+    return edge_model
+
+
+def _contract(d: Path) -> Path:
+    return next(d.glob("*.json"))
 
 
 @pytest.fixture()
@@ -49,7 +53,7 @@ def test_classify_image_json(model_dir: Path, astronaut_jpg: Path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert rc == 0 and len(out) == 1
     d = json.loads(out[0])
-    labels = json.loads((model_dir / "tiny.json").read_text())["labels"]
+    labels = json.loads(_contract(model_dir).read_text())["labels"]
     _check_line(d, labels)
     assert d["source"] == str(astronaut_jpg) and d["frame"] == 0 and "pts" not in d
     assert len(d["faces"]) == 1
@@ -64,7 +68,7 @@ def test_classify_video_json_and_annotate(model_dir: Path, woman_video: Path, tm
                "--annotate", str(out_video), "--device", "cpu", "--threads", "1"])
     assert rc == 0
     lines = [json.loads(s) for s in capsys.readouterr().out.splitlines()]
-    labels = json.loads((model_dir / "tiny.json").read_text())["labels"]
+    labels = json.loads(_contract(model_dir).read_text())["labels"]
     for d in lines:
         _check_line(d, labels)
     assert [d["frame"] for d in lines] == list(range(n))
@@ -134,7 +138,7 @@ def test_missing_and_tampered_model_one_line_exit_2(model_dir: Path, astronaut_j
 
     bad = tmp_path / "bad"
     shutil.copytree(model_dir, bad)
-    p = bad / "tiny.int8.tflite"
+    p = next(bad.glob("*.int8.tflite"))
     data = bytearray(p.read_bytes())
     data[100] ^= 0x01  # flip one bit
     p.write_bytes(bytes(data))
@@ -145,7 +149,7 @@ def test_missing_and_tampered_model_one_line_exit_2(model_dir: Path, astronaut_j
     from edge.contract import Contract
     from edge.fsutil import sha256_file
 
-    recorded = Contract.load(bad / "tiny.json").artifacts[p.name]["sha256"]
+    recorded = Contract.load(_contract(bad)).artifacts[p.name]["sha256"]
     assert lines[0] == (f"feredge classify: error: {p} does not match its contract: its sha256 is {sha256_file(p)}, "
                         f"the contract says {recorded} (the file was modified or belongs to another export)")
 
@@ -162,10 +166,11 @@ def test_doctor_unknown_backend_and_invalid_contract_messages(model_dir: Path, t
         "feredge doctor: error: unknown backend 'bogus': choose auto, litert, tflite-runtime, tensorflow"]
     bad = tmp_path / "badjson"
     shutil.copytree(model_dir, bad)
-    (bad / "tiny.json").write_text('{"schema": "feredge.contract/1", "name": "tiny", "labels": []}')
+    sidecar = _contract(bad)
+    sidecar.write_text('{"schema": "feredge.contract/1", "name": "tiny", "labels": []}')
     r = _feredge("classify", "--model", str(bad), str(astronaut_jpg))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        f"feredge classify: error: {bad / 'tiny.json'}: contract has no labels"], r.stderr
+        f"feredge classify: error: {sidecar}: contract has no labels"], r.stderr
 
 
 def test_doctor(model_dir: Path, capsys):
@@ -174,7 +179,8 @@ def test_doctor(model_dir: Path, capsys):
     assert "[ OK ] interpreter: litert " in out
     assert "[ OK ] face cascade: " in out and "haarcascade_frontalface_default.xml" in out
     assert "coral: " in out and "cameras: " in out
-    assert "[ OK ] model: tiny " in out and "sha256 checked" in out
+    name = json.loads(_contract(model_dir).read_text())["name"]
+    assert f"[ OK ] model: {name} " in out and "sha256 checked" in out
     assert "summary: ready" in out
     assert main(["doctor", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)

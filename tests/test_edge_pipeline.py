@@ -39,8 +39,8 @@ def test_detect_near_refinds_the_face_and_gives_up_elsewhere(frames):
     assert det.detect_near(g1, [b0, (0, 0, 60, 60)]) is None
 
 
-def test_pipeline_searches_fully_every_n_frames(edge_tiny_model: Path, frames):
-    clf = Classifier(edge_tiny_model, device="cpu", num_threads=1)
+def test_pipeline_searches_fully_every_n_frames(edge_model: Path, frames):
+    clf = Classifier(edge_model, device="cpu", num_threads=1)
     fast = Pipeline(clf, FaceDetector(), redetect_every=10)
     full = Pipeline(clf, FaceDetector(), redetect_every=1)
     res_fast = [fast.process(f) for f in frames]

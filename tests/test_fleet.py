@@ -84,12 +84,12 @@ def _broker_log(broker: Broker) -> str:
     return broker.log.read_text(errors="replace")
 
 
-def test_two_devices_do_not_collide_and_a_killed_one_goes_offline_alone(tmp_path, edge_tiny_model, woman_video):
+def test_two_devices_do_not_collide_and_a_killed_one_goes_offline_alone(tmp_path, edge_model, woman_video):
     port = free_port()
     broker = Broker(tmp_path, port).start()
     sub = Subscriber(port)
-    a = _Daemon(edge_tiny_model, woman_video, port, "shelf-a")
-    b = _Daemon(edge_tiny_model, woman_video, port, "shelf-b")
+    a = _Daemon(edge_model, woman_video, port, "shelf-a")
+    b = _Daemon(edge_model, woman_video, port, "shelf-b")
     try:
         for node in ("shelf-a", "shelf-b"):
             assert wait_until(lambda n=node: sub.on(f"feredge/{n}/availability")[-1:] == ["online"], 120), \
@@ -99,7 +99,7 @@ def test_two_devices_do_not_collide_and_a_killed_one_goes_offline_alone(tmp_path
         a.kill()  # no goodbye: the broker's last will marks shelf-a, and only shelf-a, offline
         assert wait_until(lambda: sub.on("feredge/shelf-a/availability")[-1:] == ["offline"], 60)
         assert sub.on("feredge/shelf-b/availability")[-1:] == ["online"]
-        a = _Daemon(edge_tiny_model, woman_video, port, "shelf-a")  # restarted: the same identity
+        a = _Daemon(edge_model, woman_video, port, "shelf-a")  # restarted: the same identity
         assert wait_until(lambda: sub.on("feredge/shelf-a/availability")[-1:] == ["online"], 120)
         doc = json.loads(sub.on("homeassistant/sensor/shelf-a/cam0_expression/config")[-1])
         assert doc["unique_id"] == uid_before == "shelf-a_cam0_expression"
@@ -115,13 +115,13 @@ def test_two_devices_do_not_collide_and_a_killed_one_goes_offline_alone(tmp_path
         broker.stop()
 
 
-def test_two_processes_with_one_id_back_off_instead_of_fighting(tmp_path, edge_tiny_model, woman_video):
+def test_two_processes_with_one_id_back_off_instead_of_fighting(tmp_path, edge_model, woman_video):
     port = free_port()
     broker = Broker(tmp_path, port).start()
-    a = _Daemon(edge_tiny_model, woman_video, port, "twin")
+    a = _Daemon(edge_model, woman_video, port, "twin")
     try:
         assert wait_until(lambda: "MQTT: connected" in "".join(a.err), 120), "".join(a.err)[-2000:]
-        b = _Daemon(edge_tiny_model, woman_video, port, "twin")
+        b = _Daemon(edge_model, woman_video, port, "twin")
         try:
             assert wait_until(lambda: "MQTT: connected" in "".join(b.err), 120), "".join(b.err)[-2000:]
             said = "another client uses the client id 'twin'"
@@ -141,7 +141,7 @@ def test_two_processes_with_one_id_back_off_instead_of_fighting(tmp_path, edge_t
         broker.stop()
 
 
-def test_first_start_clears_the_earlier_single_device_layout(tmp_path, edge_tiny_model, woman_video):
+def test_first_start_clears_the_earlier_single_device_layout(tmp_path, edge_model, woman_video):
     import socket as _socket
 
     import paho.mqtt.client as mqtt
@@ -159,7 +159,7 @@ def test_first_start_clears_the_earlier_single_device_layout(tmp_path, edge_tiny
         pub.publish(t, v, qos=1, retain=True).wait_for_publish(10)
     pub.disconnect()
     pub.loop_stop()
-    d = _Daemon(edge_tiny_model, woman_video, port, "upgraded")
+    d = _Daemon(edge_model, woman_video, port, "upgraded")
     sub = None
     try:
         assert wait_until(lambda: "cleared" in "".join(d.err), 120), "".join(d.err)[-2000:]
@@ -175,7 +175,7 @@ def test_first_start_clears_the_earlier_single_device_layout(tmp_path, edge_tiny
         broker.stop()
 
 
-def test_shared_subscription_splits_a_fleet_between_consumers(tmp_path, edge_tiny_model, woman_video):
+def test_shared_subscription_splits_a_fleet_between_consumers(tmp_path, edge_model, woman_video):
     """MQTT 5 shared subscriptions on mosquitto 2: two consumers of $share/workers/feredge/+/stats
     get disjoint parts of the fleet's messages that together are all of them."""
     import paho.mqtt.client as mqtt
@@ -194,7 +194,7 @@ def test_shared_subscription_splits_a_fleet_between_consumers(tmp_path, edge_tin
 
     clients = [consumer("w1", "$share/workers/feredge/+/stats"), consumer("w2", "$share/workers/feredge/+/stats"),
                consumer("all", "feredge/+/stats")]
-    devices = [_Daemon(edge_tiny_model, woman_video, port, f"dev{i}", "--set", "daemon.stats_interval=0.2")
+    devices = [_Daemon(edge_model, woman_video, port, f"dev{i}", "--set", "daemon.stats_interval=0.2")
                for i in range(2)]
     try:
         assert wait_until(lambda: len(got["all"]) >= 40, 120), (len(got["all"]), "".join(devices[0].err)[-1500:])
@@ -213,7 +213,7 @@ def test_shared_subscription_splits_a_fleet_between_consumers(tmp_path, edge_tin
         broker.stop()
 
 
-def test_site_broker_bridges_its_devices_to_a_central_broker(tmp_path, edge_tiny_model, woman_video):
+def test_site_broker_bridges_its_devices_to_a_central_broker(tmp_path, edge_model, woman_video):
     """The usual pattern: a site's devices on a local mosquitto, bridged to a central broker."""
     central_port, site_port = free_port(), free_port()
     (tmp_path / "central").mkdir()
@@ -224,7 +224,7 @@ def test_site_broker_bridges_its_devices_to_a_central_broker(tmp_path, edge_tiny
                          "topic feredge/# out 1\ntopic homeassistant/# out 1\nbridge_protocol_version mqttv50\n")
     site.start()
     sub = Subscriber(central_port)
-    d = _Daemon(edge_tiny_model, woman_video, site_port, "site1-cam")
+    d = _Daemon(edge_model, woman_video, site_port, "site1-cam")
     try:
         assert wait_until(lambda: sub.on("feredge/site1-cam/availability")[-1:] == ["online"]
                           and sub.on("feredge/site1-cam/cam0/state"), 120), "".join(d.err)[-2000:]

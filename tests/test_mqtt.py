@@ -113,13 +113,13 @@ def mqtt_config(model, port, **mqtt):
                                     **mqtt}, daemon={"stats_interval": 0.5})
 
 
-def test_topics_and_home_assistant_discovery(tmp_path, edge_tiny_model, face_source):
+def test_topics_and_home_assistant_discovery(tmp_path, edge_model, face_source):
     port = free_port()
     broker = Broker(tmp_path, port).start()
     sub = Subscriber(port)
     d = None
     try:
-        cfg = mqtt_config(edge_tiny_model, port, state_interval=0.0)
+        cfg = mqtt_config(edge_model, port, state_interval=0.0)
         d = Daemon(cfg, openers={"cam0": (face_source, False, True)})
         t = start(d)
         P, node = "homeassistant", "feredge-test"
@@ -161,10 +161,10 @@ def test_topics_and_home_assistant_discovery(tmp_path, edge_tiny_model, face_sou
         broker.stop()
 
 
-def test_broker_absent_at_start_and_restarted(tmp_path, edge_tiny_model, face_source):
+def test_broker_absent_at_start_and_restarted(tmp_path, edge_model, face_source):
     port = free_port()
     broker = Broker(tmp_path, port)  # not started: the daemon must run without it
-    cfg = mqtt_config(edge_tiny_model, port, queue_size=20, state_interval=0.0)
+    cfg = mqtt_config(edge_model, port, queue_size=20, state_interval=0.0)
     cfg.daemon.stats_interval = 0.05  # fills the queue quickly while the broker is away
     d = Daemon(cfg, openers={"cam0": (face_source, False, True)})
     t = start(d)
@@ -204,12 +204,12 @@ def test_broker_absent_at_start_and_restarted(tmp_path, edge_tiny_model, face_so
 
 
 @pytest.mark.slow
-def test_last_will_marks_a_killed_daemon_offline(tmp_path, edge_tiny_model, woman_video):
+def test_last_will_marks_a_killed_daemon_offline(tmp_path, edge_model, woman_video):
     port = free_port()
     broker = Broker(tmp_path, port).start()
     sub = Subscriber(port)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "run", "--model", str(edge_tiny_model), "--source", str(woman_video),
+        [sys.executable, "-m", "edge.cli", "run", "--model", str(edge_model), "--source", str(woman_video),
          "--loop", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port), "--http-port", "0",
          "--set", "mqtt.node_id='feredge-will'"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -230,7 +230,7 @@ def test_last_will_marks_a_killed_daemon_offline(tmp_path, edge_tiny_model, woma
 
 
 @pytest.mark.slow
-def test_example_config_end_to_end(tmp_path, edge_tiny_model, woman_video):
+def test_example_config_end_to_end(tmp_path, edge_model, woman_video):
     """What a new user does: the example config on the shared video (looped), a local mosquitto,
     JSON lines on stdout, MQTT messages and discovery at a subscriber, /metrics over HTTP."""
     import urllib.request
@@ -240,7 +240,7 @@ def test_example_config_end_to_end(tmp_path, edge_tiny_model, woman_video):
     sub = Subscriber(port)
     example = ROOT / "systemd" / "config.example.toml"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "run", "--config", str(example), "--model", str(edge_tiny_model),
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(example), "--model", str(edge_model),
          "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port), "--http-port", str(http_port),
          "--set", "mqtt.node_id='feredge-example'", "--set", "jsonl.mode='frames'"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -106,12 +106,12 @@ class _MjpegCamera:
         self.server.server_close()
 
 
-def test_camera_password_from_env_reaches_the_camera_and_is_never_shown(edge_tiny_model, face_frame, monkeypatch,
+def test_camera_password_from_env_reaches_the_camera_and_is_never_shown(edge_model, face_frame, monkeypatch,
                                                                        caplog, capfd):
     cam = _MjpegCamera(face_frame)
     monkeypatch.setenv("FEREDGE_TEST_CAMERA_PASSWORD", PASSWORD)
     url = f"http://{USER}@127.0.0.1:{cam.port}/stream.mjpg?token=also-secret"
-    cfg = make_config(edge_tiny_model, camera={"source": url, "password_env": "FEREDGE_TEST_CAMERA_PASSWORD",
+    cfg = make_config(edge_model, camera={"source": url, "password_env": "FEREDGE_TEST_CAMERA_PASSWORD",
                                                "read_timeout": 5.0},
                       http={"enabled": True, "port": 0})
     cfg.jsonl.mode = "all"
@@ -139,9 +139,9 @@ def test_camera_password_from_env_reaches_the_camera_and_is_never_shown(edge_tin
         assert secret not in everything, secret
 
 
-def test_unreachable_camera_url_is_redacted_in_every_output(edge_tiny_model, caplog, capsys):
+def test_unreachable_camera_url_is_redacted_in_every_output(edge_model, caplog, capsys):
     url = "rtsp://admin:hunter2@127.0.0.1:1/live?token=abc"
-    cfg = make_config(edge_tiny_model, camera={"source": url}, http={"enabled": True, "port": 0})
+    cfg = make_config(edge_model, camera={"source": url}, http={"enabled": True, "port": 0})
     jsonl = io.StringIO()
     d = Daemon(cfg, extra_sinks=[JsonlSink(cfg.jsonl, stream=jsonl)])
     caplog.set_level(logging.DEBUG)
@@ -156,17 +156,17 @@ def test_unreachable_camera_url_is_redacted_in_every_output(edge_tiny_model, cap
         stop(d, t)
     assert code == 503 and json.loads(body) == {"status": "degraded"}
     assert "rtsp://***@127.0.0.1:1/live?token=***" in stats  # the reason stays useful
-    assert main(["run", "--check", "--model", str(edge_tiny_model), "--source", url]) == 0
+    assert main(["run", "--check", "--model", str(edge_model), "--source", url]) == 0
     out = capsys.readouterr()
     assert "cam0=rtsp://***@127.0.0.1:1/live?token=***" in out.out
     everything = "\n".join([stats, jsonl.getvalue(), caplog.text, out.out, out.err])
     assert "hunter2" not in everything and "token=abc" not in everything and "admin" not in everything
 
 
-def test_http_request_log_never_shows_the_token(edge_tiny_model, face_frame, caplog):
+def test_http_request_log_never_shows_the_token(edge_model, face_frame, caplog):
     from helpers import ScriptedSource
 
-    cfg = make_config(edge_tiny_model, http={"enabled": True, "port": 0, "token": "t0ken-value"})
+    cfg = make_config(edge_model, http={"enabled": True, "port": 0, "token": "t0ken-value"})
     d = Daemon(cfg, openers={"cam0": (lambda: ScriptedSource([face_frame], repeat_last=True), False, True)})
     caplog.set_level(logging.DEBUG, logger="edge.sinks.http")
     t = start(d)
@@ -280,8 +280,8 @@ def test_sigterm_during_annotate_leaves_no_temporary_file(woman_video, tmp_path)
     ("jsonl-folder", "is a folder"),
     ("jsonl-uncreatable", "is not a folder"),
 ])
-def test_run_check_refuses_what_run_cannot_use(setting, fragment, edge_tiny_model, woman_video, tmp_path, capsys):
-    args = ["run", "--check", "--model", str(edge_tiny_model), "--source", str(woman_video)]
+def test_run_check_refuses_what_run_cannot_use(setting, fragment, edge_model, woman_video, tmp_path, capsys):
+    args = ["run", "--check", "--model", str(edge_model), "--source", str(woman_video)]
     if setting == "zero-byte":
         (tmp_path / "empty.mp4").write_bytes(b"")
         args[-1] = str(tmp_path / "empty.mp4")

@@ -129,7 +129,7 @@ os.execv(sys.executable, [sys.executable, "-m", "edge.cli", *sys.argv[1:]])
 
 
 @pytest.mark.slow
-def test_daemon_runs_under_memory_deny_write_execute(tmp_path, edge_tiny_model, woman_video):
+def test_daemon_runs_under_memory_deny_write_execute(tmp_path, edge_model, woman_video):
     """MemoryDenyWriteExecute=yes must not break numpy, OpenCV or LiteRT/XNNPACK. The kernel's
     PR_SET_MDWE (Linux >= 6.3, what newer systemd uses for this setting) enforces the same rule
     on this process: no writable+executable mapping, no making memory executable later."""
@@ -139,7 +139,7 @@ def test_daemon_runs_under_memory_deny_write_execute(tmp_path, edge_tiny_model, 
     wrapper = tmp_path / "mdwe.py"
     wrapper.write_text(MDWE_WRAPPER)
     r = subprocess.run(
-        [sys.executable, str(wrapper), "run", "--model", str(edge_tiny_model), "--source", str(woman_video),
+        [sys.executable, str(wrapper), "run", "--model", str(edge_model), "--source", str(woman_video),
          "--pace", "fast", "--set", "jsonl.mode='all'", "--set", "http.enabled=false"],
         capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "NOTIFY_SOCKET": ""},
     )
