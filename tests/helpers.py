@@ -7,12 +7,17 @@ thin stand-in for a camera driver (none exists here) and ``RecordingSink`` a sin
 
 from __future__ import annotations
 
+import base64
 import os
+import shutil
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +188,81 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, byte
             return r.status, r.read(), r.headers.get("Content-Type", "")
     except urllib.error.HTTPError as e:
         return e.code, e.read(), e.headers.get("Content-Type", "")
+
+
+class MjpegCamera:
+    """A real MJPEG-over-HTTP camera on loopback (multipart JPEG, ~25 fps), as IP cameras serve
+    it; OpenCV reads ``http://127.0.0.1:PORT/x.mjpg``. With ``credentials=(user, password)`` it
+    wants Basic auth. ``close()`` is the camera going away: the stream ends, connections are refused."""
+
+    def __init__(self, image: Any, credentials: tuple[str, str] | None = None) -> None:
+        import cv2
+
+        jpg = cv2.imencode(".jpg", image)[1].tobytes()
+        expected = None if credentials is None else "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
+        cam = self
+        self.authorized = 0
+        self.refused = 0
+        self.stop = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                if expected is not None and self.headers.get("Authorization") != expected:
+                    cam.refused += 1
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="cam"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                cam.authorized += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    while not cam.stop.is_set():
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                         + str(len(jpg)).encode() + b"\r\n\r\n" + jpg + b"\r\n")
+                        time.sleep(0.04)
+                except OSError:
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str = "x.mjpg") -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# Debian's chromium, driven by Playwright for Python (never `playwright install`: it downloads browsers).
+CHROMIUM = os.environ.get("FEREDGE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Chromium as a Playwright ``Browser``; ``need()``: skips without chromium or
+    playwright, fails under CI. Playwright gives each launch a fresh ``--user-data-dir`` (removed
+    afterwards) and each ``browser.new_context()`` its own empty storage."""
+    need(Path(CHROMIUM).is_file(), f"chromium not found at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need(False, "playwright for Python is not installed (pip install -e '.[dev]')")
+        raise
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
