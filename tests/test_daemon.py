@@ -118,7 +118,7 @@ def test_valid_image():
 
 # ---- reliability --------------------------------------------------------------------------------
 
-def test_failing_and_silent_camera_goes_offline_and_reconnects(edge_tiny_model, face_frame, caplog):
+def test_failing_and_silent_camera_goes_offline_and_reconnects(edge_model, face_frame, caplog):
     """Open fails (unplugged), then frames then a driver error, then a source that delivers
     nothing, then frames again: the camera is marked offline each time, reopened with
     backoff, and the daemon never crashes."""
@@ -136,7 +136,7 @@ def test_failing_and_silent_camera_goes_offline_and_reconnects(edge_tiny_model, 
 
     caplog.set_level("DEBUG", logger="edge.sources.reconnect")
     rec = RecordingSink()
-    cfg = make_config(edge_tiny_model)
+    cfg = make_config(edge_model)
     d = Daemon(cfg, openers={"cam0": (opener, False, True)}, extra_sinks=[rec])
     t = start(d)
     try:
@@ -158,7 +158,7 @@ def test_failing_and_silent_camera_goes_offline_and_reconnects(edge_tiny_model, 
         assert stop(d, t) == 0
 
 
-def test_offline_camera_is_unhealthy_and_faces_leave(edge_tiny_model, face_frame):
+def test_offline_camera_is_unhealthy_and_faces_leave(edge_model, face_frame):
     calls = []
 
     def opener():
@@ -168,7 +168,7 @@ def test_offline_camera_is_unhealthy_and_faces_leave(edge_tiny_model, face_frame
         raise OSError("gone")
 
     rec = RecordingSink()
-    cfg = make_config(edge_tiny_model, camera={"read_timeout": 0.5})
+    cfg = make_config(edge_model, camera={"read_timeout": 0.5})
     d = Daemon(cfg, openers={"cam0": (opener, False, True)}, extra_sinks=[rec])
     t = start(d)
     try:
@@ -183,7 +183,7 @@ def test_offline_camera_is_unhealthy_and_faces_leave(edge_tiny_model, face_frame
         assert stop(d, t) == 0
 
 
-def test_corrupt_frames_are_skipped_and_counted(edge_tiny_model, face_frame):
+def test_corrupt_frames_are_skipped_and_counted(edge_model, face_frame):
     bad = [None, np.zeros((0, 0, 3), np.uint8), face_frame.astype(np.float64), np.zeros((4, 4, 3), np.uint8),
            np.zeros((64, 64, 2), np.uint8)]
     script = []
@@ -191,7 +191,7 @@ def test_corrupt_frames_are_skipped_and_counted(edge_tiny_model, face_frame):
         script += [face_frame, face_frame, b]
     script += [face_frame] * 3
     rec = RecordingSink()
-    cfg = make_config(edge_tiny_model)
+    cfg = make_config(edge_model)
     d = Daemon(cfg, openers={"cam0": (lambda: ScriptedSource(script), True, False)}, extra_sinks=[rec])
     d.setup()
     assert d.run(install_signals=False) == 0  # a finite source: the daemon ends by itself
@@ -202,14 +202,14 @@ def test_corrupt_frames_are_skipped_and_counted(edge_tiny_model, face_frame):
     assert all("track_id" in f for r in rec.frames for f in r["faces"])
 
 
-def test_stalled_loop_stops_watchdog_pings(edge_tiny_model, face_frame, monkeypatch):
+def test_stalled_loop_stops_watchdog_pings(edge_model, face_frame, monkeypatch):
     addr = f"@feredge-wd-{uuid.uuid4().hex}"
     listener = NotifyListener(addr)
     monkeypatch.setenv("WATCHDOG_USEC", "400000")  # a ping every 0.2 s
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     rec = RecordingSink()
     rec.block_after = 20
-    cfg = make_config(edge_tiny_model, daemon={"stall_timeout": 1.0, "status_interval": 0.5})
+    cfg = make_config(edge_model, daemon={"stall_timeout": 1.0, "status_interval": 0.5})
     src = lambda: ScriptedSource([face_frame], repeat_last=True)  # noqa: E731
     d = Daemon(cfg, openers={"cam0": (src, False, True)}, notifier=Notifier(addr), extra_sinks=[rec])
     t = start(d)
@@ -240,8 +240,8 @@ def test_stalled_loop_stops_watchdog_pings(edge_tiny_model, face_frame, monkeypa
 
 # ---- HTTP ----------------------------------------------------------------------------------------
 
-def test_http_endpoints_over_real_http(edge_tiny_model, face_frame):
-    cfg = make_config(edge_tiny_model, http={"enabled": True, "port": 0})
+def test_http_endpoints_over_real_http(edge_model, face_frame):
+    cfg = make_config(edge_model, http={"enabled": True, "port": 0})
     src = lambda: ScriptedSource([face_frame], repeat_last=True)  # noqa: E731
     d = Daemon(cfg, openers={"cam0": (src, False, True)})
     t = start(d)
@@ -275,8 +275,8 @@ def test_http_endpoints_over_real_http(edge_tiny_model, face_frame):
         assert stop(d, t) == 0
 
 
-def test_http_token_and_snapshots(edge_tiny_model, face_frame):
-    cfg = make_config(edge_tiny_model, http={"enabled": True, "port": 0, "token": "t0ken", "snapshots": True,
+def test_http_token_and_snapshots(edge_model, face_frame):
+    cfg = make_config(edge_model, http={"enabled": True, "port": 0, "token": "t0ken", "snapshots": True,
                                              "mjpeg": True})
     src = lambda: ScriptedSource([face_frame], repeat_last=True)  # noqa: E731
     d = Daemon(cfg, openers={"cam0": (src, False, True)})
@@ -306,11 +306,11 @@ def test_http_token_and_snapshots(edge_tiny_model, face_frame):
 # ---- end to end on the shared video ------------------------------------------------------------
 
 @pytest.mark.slow
-def test_video_end_to_end_jsonl_rotation(edge_tiny_model, woman_video, tmp_path, capsys):
+def test_video_end_to_end_jsonl_rotation(edge_model, woman_video, tmp_path, capsys):
     out = tmp_path / "faces.jsonl"
     saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
-        rc = main(["run", "--model", str(edge_tiny_model), "--source", str(woman_video), "--pace", "fast",
+        rc = main(["run", "--model", str(edge_model), "--source", str(woman_video), "--pace", "fast",
                    "--jsonl", str(out), "--set", "jsonl.mode='all'", "--set", "jsonl.max_bytes=50000",
                    "--set", "jsonl.backups=2", "--set", "http.enabled=false"])
     finally:
@@ -329,13 +329,13 @@ def test_video_end_to_end_jsonl_rotation(edge_tiny_model, woman_video, tmp_path,
     assert indices == sorted(indices)
 
 
-def test_missing_and_tampered_model_exit_2(edge_tiny_model, tmp_path, capsys, woman_video):
+def test_missing_and_tampered_model_exit_2(edge_model, tmp_path, capsys, woman_video):
     assert main(["run", "--check", "--model", str(tmp_path / "none.tflite")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("feredge run: error: model not found") and "\n" not in err
     bad = tmp_path / "bad"
     bad.mkdir()
-    for p in Path(edge_tiny_model).iterdir():
+    for p in Path(edge_model).iterdir():
         (bad / p.name).write_bytes(p.read_bytes())
     model = next(bad.glob("*.tflite"))
     data = bytearray(model.read_bytes())
@@ -346,22 +346,23 @@ def test_missing_and_tampered_model_exit_2(edge_tiny_model, tmp_path, capsys, wo
     assert "does not match its contract" in err and "\n" not in err
 
 
-def test_check_reports_ok(edge_tiny_model, woman_video, capsys):
-    assert main(["run", "--check", "--model", str(edge_tiny_model), "--source", str(woman_video)]) == 0
+def test_check_reports_ok(edge_model, woman_video, capsys):
+    assert main(["run", "--check", "--model", str(edge_model), "--source", str(woman_video)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("config OK:") and "model tiny" in out and f"cam0={woman_video}" in out
+    name = json.loads(next(Path(edge_model).glob('*.json')).read_text())['name']
+    assert out.startswith("config OK:") and f"model {name}" in out and f"cam0={woman_video}" in out
 
 
 # ---- the real process: SIGTERM, notify, exit codes ---------------------------------------------
 
 @pytest.mark.slow
-def test_sigterm_clean_exit_with_notify(edge_tiny_model, woman_video, tmp_path):
+def test_sigterm_clean_exit_with_notify(edge_model, woman_video, tmp_path):
     sock = str(tmp_path / "notify.sock")
     listener = NotifyListener(sock)
     env = {**os.environ, "NOTIFY_SOCKET": sock, "WATCHDOG_USEC": "2000000", "PYTHONUNBUFFERED": "1"}
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "run", "--model", str(edge_tiny_model), "--source", str(woman_video),
+        [sys.executable, "-m", "edge.cli", "run", "--model", str(edge_model), "--source", str(woman_video),
          "--loop", "--pace", "realtime", "--http-port", "0", "--set", "daemon.status_interval=0.5"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
