@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, need, wait_until
-from test_mqtt import Broker, Subscriber, free_port
+from helpers import ROOT, Broker, Subscriber, free_port, need, wait_until
 
 from edge.errors import EdgeError
 from edge.identity import APP_ID, app_specific_id, default_node_id, node_id

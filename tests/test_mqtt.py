@@ -7,96 +7,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from helpers import ScriptedSource, make_config, need, start, stop, wait_until
+from helpers import Broker, ScriptedSource, Subscriber, free_port, make_config, need, start, stop, wait_until
 
 from edge.daemon import Daemon
 
 pytestmark = pytest.mark.mosquitto
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Broker:
-    """A private mosquitto: its own config, loopback only, no persistence."""
-
-    def __init__(self, tmp: Path, port: int) -> None:
-        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-        need(exe is not None, "mosquitto is not installed (apt install mosquitto)")
-        self.exe, self.port = exe, port
-        self.conf = tmp / "mosquitto.conf"
-        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.log = tmp / "mosquitto.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Broker:
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=open(self.log, "ab"),
-                                     stderr=subprocess.STDOUT)
-
-        def listening() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return True
-            except OSError:
-                return False
-
-        assert wait_until(listening, 30), self.log.read_text()
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-        self.proc = None
-
-
-class Subscriber:
-    """A real MQTT client collecting everything under the given topics (reconnects by itself)."""
-
-    def __init__(self, port: int, topics=("feredge/#", "homeassistant/#")) -> None:
-        import paho.mqtt.client as mqtt
-
-        self.messages: list[tuple[str, str, bool]] = []
-        self._lock = threading.Lock()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{os.getpid()}-{time.monotonic_ns()}")
-        c.reconnect_delay_set(1, 2)
-
-        def on_connect(client, userdata, flags, rc, props):
-            for t in topics:
-                client.subscribe(t, qos=1)
-
-        def on_message(client, userdata, msg):
-            with self._lock:
-                self.messages.append((msg.topic, msg.payload.decode(), bool(msg.retain)))
-
-        c.on_connect, c.on_message = on_connect, on_message
-        c.connect_async("127.0.0.1", port, keepalive=10)
-        c.loop_start()
-        self.client = c
-
-    def on(self, topic: str) -> list[str]:
-        with self._lock:
-            return [p for t, p, _ in self.messages if t == topic]
-
-    def retained(self, topic: str) -> list[str]:
-        with self._lock:
-            return [p for t, p, r in self.messages if t == topic and r]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ reading it, the daemon in-process, real HTTP, real subprocesses for pipes and si
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import logging
@@ -16,14 +15,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
 import numpy as np
 import pytest
-from helpers import ROOT, RecordingSink, http_get, make_config, start, stop, wait_until
+from helpers import ROOT, MjpegCamera, RecordingSink, http_get, make_config, start, stop, wait_until
 
 from edge import config as C
 from edge import jsonsafe
@@ -60,55 +56,9 @@ def test_redaction_of_urls_and_request_lines():
 
 # ---- a camera URL's password is shown to no one -------------------------------------------------
 
-class _MjpegCamera:
-    """An MJPEG-over-HTTP camera on loopback that wants Basic auth (USER:PASSWORD)."""
-
-    def __init__(self, image: np.ndarray) -> None:
-        jpg = cv2.imencode(".jpg", image)[1].tobytes()
-        expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-        cam = self
-        self.authorized = 0
-        self.refused = 0
-        self.stop = threading.Event()
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                if self.headers.get("Authorization") != expected:
-                    cam.refused += 1
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Basic realm="cam"')
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                cam.authorized += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                try:
-                    while not cam.stop.is_set():
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                                         + str(len(jpg)).encode() + b"\r\n\r\n" + jpg + b"\r\n")
-                        time.sleep(0.04)
-                except OSError:
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_camera_password_from_env_reaches_the_camera_and_is_never_shown(edge_model, face_frame, monkeypatch,
                                                                        caplog, capfd):
-    cam = _MjpegCamera(face_frame)
+    cam = MjpegCamera(face_frame, credentials=(USER, PASSWORD))  # wants Basic auth
     monkeypatch.setenv("FEREDGE_TEST_CAMERA_PASSWORD", PASSWORD)
     url = f"http://{USER}@127.0.0.1:{cam.port}/stream.mjpg?token=also-secret"
     cfg = make_config(edge_model, camera={"source": url, "password_env": "FEREDGE_TEST_CAMERA_PASSWORD",
