@@ -24,6 +24,7 @@ import numpy as np
 from edge import __version__
 from edge import config as cfgmod
 from edge.config import CameraConfig, Config, ConfigError
+from edge.identity import node_id
 from edge.metrics import DaemonMetrics
 from edge.notify import Notifier
 from edge.sinks import Sink, create_sinks
@@ -110,6 +111,7 @@ class Daemon:
         self.mqtt: Any = None
         self.ready = False
         self.started = time.monotonic()
+        self.node_id = node_id(config.mqtt.node_id)  # this device in a fleet (edge/identity.py)
         self.watchdog_pings = 0
         self.backend = "?"
         self.model_name = "?"
@@ -313,6 +315,7 @@ class Daemon:
         now = time.monotonic()
         out: dict[str, Any] = {
             "version": __version__,
+            "node_id": self.node_id,
             "ts": round(time.time(), 3),
             "uptime": round(now - self.started, 1),
             "model": {"name": self.model_name, "backend": self.backend, **self.model_info},

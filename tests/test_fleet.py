@@ -49,6 +49,15 @@ def test_doctor_shows_the_node_id(monkeypatch, capsys):
     assert "node shelf-7" in capsys.readouterr().out.splitlines()[0]
 
 
+def test_stats_show_the_node_id(monkeypatch, edge_model):
+    from helpers import make_config
+
+    from edge.daemon import Daemon
+
+    monkeypatch.setenv("FEREDGE_NODE_ID", "shelf-9")
+    assert Daemon(make_config(edge_model)).stats()["node_id"] == "shelf-9"
+
+
 def test_node_id_order_and_validation(monkeypatch):
     monkeypatch.delenv("FEREDGE_NODE_ID", raising=False)
     assert node_id("kitchen") == "kitchen"
