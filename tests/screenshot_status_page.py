@@ -49,7 +49,7 @@ def main() -> int:
             log.info("page open at %s; waiting %.0f s for the timeline", base, args.seconds)
             time.sleep(args.seconds)
             page.screenshot(path=str(args.out), full_page=True)
-            phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=1.5)
             phone.goto(base)
             phone.wait_for_selector("section.camera .face", timeout=30000)
             time.sleep(6)  # one timeline message (every 5 s) has arrived

@@ -391,7 +391,7 @@
     const H = 170, L = 30, R = 36, T = 10, B = 22;
     const cw = (W - L - R) / slots.length, ch = H - T - B;
     const count = (m) => (m ? Object.values(m.expressions).reduce((a, b) => a + b, 0) : 0);
-    const maxCount = Math.max(2, ...slots.map((s) => count(byStart.get(s))));
+    const maxCount = niceCeil(Math.max(2, ...slots.map((s) => count(byStart.get(s))))); // ticks at 0, ½, max
     const fpsValues = slots.map((s) => byStart.get(s)?.fps).filter((f) => f != null);
     const maxFps = niceCeil(Math.max(1, ...fpsValues));
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
@@ -505,8 +505,8 @@
   const clock = (epoch) => new Date(epoch * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit",
     hour12: false });
   const bytes = (n) => (n >= 1048576 ? `${(n / 1048576).toFixed(1)} MiB` : `${Math.round(n / 1024)} KiB`);
-  function niceCeil(v) {
-    const step = v <= 10 ? 2 : v <= 30 ? 10 : 20;
+  function niceCeil(v) { // a round maximum whose half is round too
+    const step = v <= 10 ? 2 : v <= 40 ? 10 : v <= 100 ? 20 : 10 ** Math.floor(Math.log10(v));
     return Math.ceil(v / step) * step;
   }
 
