@@ -75,9 +75,8 @@ def _feredge_devices(port: int, ids: list[str], seconds: float, fps: float, q) -
 
     sinks = []
     for nid in ids:
-        os.environ["FEREDGE_NODE_ID"] = nid
         s = MqttSink(MqttConfig(enabled=True, host="127.0.0.1", port=port, discovery=False, state_interval=1.0),
-                     ["cam0"])
+                     ["cam0"], node=nid)
         s.start()
         sinks.append(s)
     time.sleep(1.0)

@@ -47,15 +47,6 @@ def _check_inputs(specs: list[str]) -> None:
             raise EdgeError(f"input not found: {s}")
 
 
-def _input_kind(spec: str) -> str:
-    """What ``open_source`` will make of an input, without opening it: camera, images or video."""
-    from edge.sources import is_image_path, parse_spec
-
-    if parse_spec(spec).is_camera:
-        return "camera"
-    return "images" if Path(spec).is_dir() or is_image_path(spec) else "video"
-
-
 # What OpenCV's mp4v writer can put in a container here.
 VIDEO_OUTPUTS = (".mp4", ".avi", ".mov", ".mkv", ".m4v")
 
@@ -168,6 +159,7 @@ def _classify_one(args: argparse.Namespace, pipe, spec: str, out: Path | None) -
 
 def run(args: argparse.Namespace) -> int:
     from edge.errors import EdgeError
+    from edge.sources import input_kind
 
     if args.max_frames is not None and args.max_frames < 1:
         raise EdgeError("--max-frames must be >= 1")
@@ -175,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.annotate) if args.annotate else None
     if out is not None:
         for spec in args.inputs:
-            kind = _input_kind(spec)
+            kind = input_kind(spec)
             _check_target(out, kind, is_file=_is_single(args.inputs, spec, kind) and bool(out.suffix))
     pipe = _build_pipeline(args)
     frames = faces = 0

@@ -274,29 +274,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.connection.settimeout(SEND_TIMEOUT)
 
-    def _events(self) -> None:
-        """The live feed: ``event: stats`` every :data:`EVENTS_INTERVAL` s, ``event: timeline`` on
-        connect and every :data:`TIMELINE_INTERVAL` s, until the client or the daemon goes."""
+    def _live_stream(self, ctype: str, body: Callable[[], None]) -> None:
+        """One live stream (events or MJPEG): counted against :data:`MAX_LIVE_CLIENTS` (503 past it),
+        streamed by ``body`` until the client or the daemon goes, then counted out."""
         o = self.owner
         if not o.enter_live(self.connection):
             self._json(503, {"error": f"too many live clients (at most {MAX_LIVE_CLIENTS})"}, {"Retry-After": "5"})
             return
         try:
-            self._start_stream("text/event-stream; charset=utf-8")
-            if self.command == "HEAD":
-                return
-            next_timeline = 0.0
-            while not o._stopping.is_set():
-                chunk = sse("stats", o.shared_stats())
-                if time.monotonic() >= next_timeline:
-                    chunk += sse("timeline", o.timeline_fn())
-                    next_timeline = time.monotonic() + TIMELINE_INTERVAL
-                self.wfile.write(chunk)
-                o._stopping.wait(EVENTS_INTERVAL)
+            self._start_stream(ctype)
+            if self.command != "HEAD":
+                body()
         except OSError:
             pass  # the client left, stopped reading, or the daemon is stopping
         finally:
             o.leave_live(self.connection)
+
+    def _events(self) -> None:
+        """The live feed: ``event: stats`` every :data:`EVENTS_INTERVAL` s, ``event: timeline`` on
+        connect and every :data:`TIMELINE_INTERVAL` s, until the client or the daemon goes."""
+        self._live_stream("text/event-stream; charset=utf-8", self._event_messages)
+
+    def _event_messages(self) -> None:
+        o = self.owner
+        next_timeline = 0.0
+        while not o._stopping.is_set():
+            chunk = sse("stats", o.shared_stats())
+            if time.monotonic() >= next_timeline:
+                chunk += sse("timeline", o.timeline_fn())
+                next_timeline = time.monotonic() + TIMELINE_INTERVAL
+            self.wfile.write(chunk)
+            o._stopping.wait(EVENTS_INTERVAL)
 
     def _snapshot(self, camera: str, annotate: bool) -> None:
         import cv2
@@ -325,17 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
         if o.latest(camera) is None:
             self._json(404, {"error": f"no frame from camera {camera!r}"})
             return
-        if not o.enter_live(self.connection):
-            self._json(503, {"error": f"too many live clients (at most {MAX_LIVE_CLIENTS})"}, {"Retry-After": "5"})
-            return
-        try:
-            self._start_stream("multipart/x-mixed-replace; boundary=frame")
-            if self.command != "HEAD":
-                self._mjpeg_frames(camera)
-        except OSError:
-            pass
-        finally:
-            o.leave_live(self.connection)
+        self._live_stream("multipart/x-mixed-replace; boundary=frame", lambda: self._mjpeg_frames(camera))
 
     def _mjpeg_frames(self, camera: str) -> None:
         import cv2

@@ -106,12 +106,13 @@ class MqttSink(Sink):
     name = "mqtt"
 
     def __init__(self, config: MqttConfig, cameras: list[str], *, password: str | None = None,
-                 metrics: DaemonMetrics | None = None) -> None:
+                 metrics: DaemonMetrics | None = None, node: str | None = None) -> None:
+        """``node``: the device's node id when the caller has it (the daemon), else derived here."""
         self.cfg = config
         self.cameras = list(cameras)
         self.password = password
         self.metrics = metrics
-        self.node_id = node_id(config.node_id)
+        self.node_id = node or node_id(config.node_id)
         self.client_id = config.client_id or self.node_id
         self.root = config.base_topic
         self.base = f"{config.base_topic}/{self.node_id}"  # every topic of this device is under it
@@ -276,7 +277,8 @@ class MqttSink(Sink):
     def _clear_old_layout(self, client: Any) -> None:
         """Once per device: empty the retained topics and discovery documents that versions before
         the per-device layout published (``B/availability``, ``B/<camera>/…``, the hostname node)."""
-        marker = _state_dir() / "mqtt-layout-2" if _state_dir() else None
+        state = _state_dir()
+        marker = state / "mqtt-layout-2" if state else None
         self._migrated = True
         if marker is not None and marker.exists():
             return
@@ -433,4 +435,5 @@ class MqttSink(Sink):
 
 
 def create(config: Any, daemon: Any) -> MqttSink:
-    return MqttSink(config.mqtt, list(daemon.cameras), password=config.mqtt_password(), metrics=daemon.metrics)
+    return MqttSink(config.mqtt, list(daemon.cameras), password=config.mqtt_password(), metrics=daemon.metrics,
+                    node=daemon.node_id)

@@ -54,28 +54,32 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
+def input_kind(spec: str | int | os.PathLike[str]) -> str:
+    """``camera`` | ``images`` | ``video``: what :func:`open_source` makes of a spec, without opening it."""
+    if not isinstance(spec, os.PathLike) and parse_spec(spec).is_camera:
+        return "camera"
+    p = Path(spec)
+    return "images" if p.is_dir() or is_image_path(p) else "video"
+
+
 def open_source(spec: str | int | os.PathLike[str]) -> FrameSource:
     """Open a frame source from a command-line style spec; missing input is an :class:`EdgeError`."""
-    if not isinstance(spec, os.PathLike):
-        parsed = parse_spec(spec)
-        if parsed.is_camera:
-            from edge.sources.camera import CameraSource
+    kind = input_kind(spec)
+    if kind == "camera":
+        from edge.sources.camera import CameraSource
 
-            return CameraSource(parsed)
+        return CameraSource(parse_spec(spec))
     p = Path(spec)
     if not p.exists():
         raise EdgeError(f"input not found: {p}")
-    if p.is_dir():
+    if kind == "images":
         from edge.sources.images import ImageSource
 
-        return ImageSource.from_folder(p)
-    if is_image_path(p):
-        from edge.sources.images import ImageSource
-
-        return ImageSource([p], name=str(p))
+        return ImageSource.from_folder(p) if p.is_dir() else ImageSource([p], name=str(p))
     from edge.sources.video import VideoSource
 
     return VideoSource(p)
 
 
-__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "Frame", "FrameSource", "is_image_path", "open_source", "parse_spec"]
+__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "Frame", "FrameSource", "input_kind", "is_image_path", "open_source",
+           "parse_spec"]
