@@ -62,13 +62,17 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
+# A job killed before its ``finally`` (a native crash) leaves this behind: export.isolate removes it.
+STAGING_PREFIX = ".feredge-staging-"
+
+
 @contextlib.contextmanager
 def staging_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
     """A hidden scratch folder inside ``out_dir``; files are moved into ``out_dir`` by
     :func:`publish` and the folder is removed whatever happens, so a failed run leaves nothing."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".feredge-staging-", dir=out))
+    stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     try:
         yield stage
     finally:

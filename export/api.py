@@ -43,6 +43,7 @@ from edge.errors import FeredgeError, one_line
 from edge.fsutil import current_umask, publish, staging_dir
 from edge.preprocess import prepare_batch
 from export import calibration as cal
+from export import isolate
 from export import report as rep
 from export.errors import ExportError
 from export.progress import progress_bar
@@ -225,8 +226,11 @@ class _Phases:
         self.times: dict[str, float] = {}
         self.verbose = verbose
 
-    def start(self, what: str) -> None:
+    def start(self, what: str, key: str | None = None, artifact: str | None = None) -> None:
+        """``key``: a phase that runs native code (the crash report names it and ``artifact``)."""
         log.log(logging.INFO if self.verbose else logging.DEBUG, "%s", what)
+        if key is not None:
+            isolate.phase(key, what, artifact)
 
     def done(self, key: str) -> None:
         now = time.perf_counter()
@@ -366,7 +370,7 @@ def _load_phase(run: _Run, model: Any) -> _Loaded:
     run.ph.start("importing TensorFlow")
     _import_tf()
     run.ph.done("import_tf")
-    run.ph.start("loading the model")
+    run.ph.start("loading the model", "load_model", Path(str(model)).name)
     lm, input_geometry, output_kind = _load(model, architecture=o.architecture, keras1_theano=o.keras1_theano,
                                             trust_model=o.trust_model)
     hwc = input_geometry(lm.model)
@@ -476,16 +480,17 @@ def _convert_phase(run: _Run, loaded: _Loaded, contract: Contract, x_cal: Any, s
 
     ph, name, o = run.ph, contract.name, run.opts
     f_tfl = stage / f"{name}.int8.tflite"
-    ph.start("converting to int8 TFLite")
+    ph.start("converting to int8 TFLite", "tflite_int8", f_tfl.name)
     with progress_bar(total=len(x_cal), desc="int8 TFLite calibration", enabled=o.progress) as bar:
         data, fb = tflite.convert_int8(loaded.view, x_cal, progress_cb=bar.update)
     f_tfl.write_bytes(data)
     contract.quantization[f_tfl.name] = {"input": fb.quant(fb.inputs[0]), "output": fb.quant(fb.outputs[0])}
     ph.done("tflite_int8")
     f_onnx, f_qonnx = stage / f"{name}.onnx", stage / f"{name}.int8.onnx"
-    ph.start("converting to ONNX")
+    ph.start("converting to ONNX", "onnx_fp32", f_onnx.name)
     onnx_ops = onnxconv.convert_fp32(loaded.view, loaded.hwc, f_onnx)
     ph.done("onnx_fp32")
+    ph.start("quantising the ONNX model to int8", "onnx_int8", f_qonnx.name)
     with progress_bar(total=len(x_cal), desc="ONNX int8 calibration", enabled=o.progress) as bar:
         qonnx_ops = onnxconv.quantize_int8(f_onnx, f_qonnx, x_cal, method=o.onnx_calibration,
                                            progress_cb=bar.update)
@@ -515,7 +520,7 @@ def _edgetpu_phase(run: _Run, fb: Any, f_tfl: Path, stage: Path, out: Path, cont
     from export import edgetpu as etpu
     from export import tflite
 
-    run.ph.start("checking Edge TPU compatibility")
+    run.ph.start("checking Edge TPU compatibility", "edgetpu", f_tfl.name)
     res = etpu.compile_model(f_tfl, stage, etpu.check(fb), name=contract.name, final_dir=out)
     for p in res.problems:
         run.warn(f"Edge TPU: {p}")
@@ -534,11 +539,13 @@ def _score_phase(run: _Run, view: Any, contract: Contract, conv: dict[str, Any],
     from export import runners
     from export.scoring import compare
 
-    run.ph.start(f"scoring artifacts on {len(sets.x_held)} held-out faces")
+    run.ph.start(f"scoring artifacts on {len(sets.x_held)} held-out faces", "evaluate_keras", "desktop model")
     p_ref = runners.probs(runners.run_keras(view, sets.x_held), contract)
     run.ph.done("evaluate_keras")
     artifacts: dict[str, dict[str, Any]] = {"_reference": {"accuracy": _accuracy(p_ref, sets.y_held)}}
     for f in conv["scored"]:
+        key = f"evaluate_{f.name.removeprefix(contract.name + '.').replace('.', '_')}"
+        run.ph.start(f"scoring {f.name}", key, f.name)
         if f.suffix == ".tflite":
             try:
                 raw = runners.run_tflite(f, contract, sets.x_held)
@@ -549,7 +556,7 @@ def _score_phase(run: _Run, view: Any, contract: Contract, conv: dict[str, Any],
             raw = runners.run_onnx(f, contract, sets.x_held)
         p = runners.probs(raw, contract)
         artifacts[f.name] = {"metrics": compare(p_ref, p), "accuracy": _accuracy(p, sets.y_held)}
-        run.ph.done(f"evaluate_{f.name.removeprefix(contract.name + '.').replace('.', '_')}")
+        run.ph.done(key)
     return artifacts
 
 

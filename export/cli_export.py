@@ -5,6 +5,10 @@ sample of FER2013, with the model contract embedded and an export report."""
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from export.api import ExportOptions
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.api import ExportOptions, export_model
+    from export.api import ExportOptions
+    from export.isolate import run_isolated
 
     opts = ExportOptions(
         calibration=args.calibration, out_dir=args.out, architecture=args.architecture, labels=args.labels,
@@ -50,7 +55,15 @@ def run(args: argparse.Namespace) -> int:
         edgetpu=args.edgetpu, trust_model=args.trust_model, progress=not args.quiet,
         eval_samples=args.eval_samples, onnx_calibration=args.onnx_calibration,
     )
-    result = export_model(args.model, opts)
+    summary = run_isolated(_export_job, args.model, opts, job="export", out_dir=args.out,
+                           verbose=getattr(args, "verbose", False))
     if not args.quiet:
-        print(result.summary())
+        print(summary)
     return 0
+
+
+def _export_job(model: str, opts: ExportOptions) -> str:
+    """The export, as run in the isolated child (module level: it is pickled by name)."""
+    from export.api import export_model
+
+    return export_model(model, opts).summary()

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from export.parity import ParityConfig
 
 
 def _fraction(text: str) -> float:
@@ -63,8 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.api import quiet_native_logs
-    from export.parity import ParityConfig, run_parity
+    from export.isolate import run_isolated
+    from export.parity import ParityConfig
 
     cfg = ParityConfig(
         reference=args.reference,
@@ -85,10 +89,21 @@ def run(args: argparse.Namespace) -> int:
         footage=list(args.footage),
         footage_every=args.footage_every,
     )
-    with quiet_native_logs(enabled=not getattr(args, "verbose", False)):
-        result = run_parity(cfg)
+    verbose = getattr(args, "verbose", False)
+    summary, failures, passed = run_isolated(_parity_job, cfg, verbose, job="parity", out_dir=args.report,
+                                             verbose=verbose)
     if not args.quiet:
-        print(result.summary())
-    for f in result.failures:
+        print(summary)
+    for f in failures:
         print(f"feredge parity: FAILED {f}", file=sys.stderr)
-    return 0 if result.passed else 1
+    return 0 if passed else 1
+
+
+def _parity_job(cfg: ParityConfig, verbose: bool) -> tuple[str, list[str], bool]:
+    """The parity run, as run in the isolated child (module level: it is pickled by name)."""
+    from export.api import quiet_native_logs
+    from export.parity import run_parity
+
+    with quiet_native_logs(enabled=not verbose):
+        result = run_parity(cfg)
+    return result.summary(), list(result.failures), bool(result.passed)

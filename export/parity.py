@@ -28,6 +28,7 @@ import numpy as np
 from edge.contract import Contract, InputSpec, resolve
 from edge.errors import FeredgeError
 from edge.preprocess import prepare, probabilities
+from export import isolate
 from export import scoring as M
 from export.errors import ExportError
 from export.footage import read_footage
@@ -191,6 +192,7 @@ def _check_reference_input(model, spec: InputSpec, ref_path: str, cand: Candidat
 
 def candidate_probs(c: Candidate, x: np.ndarray, batch_size: int = 256, progress: bool = False) -> np.ndarray:
     """Probabilities of a candidate on prepared inputs, as the device would report them."""
+    isolate.phase("parity_candidate", f"running {c.path.name} on {len(x)} faces", c.path.name)
     if c.format == "tflite":
         raw = run_tflite(c.path, c.contract, x, progress=progress)
     else:
@@ -332,6 +334,8 @@ class _Tensors:
             _check_reference_input(model, src.input, self.cfg.reference, c)
             x_ref = self.prepared_for(src.input)
             t = time.perf_counter()
+            isolate.phase("parity_reference", f"running the reference on {len(x_ref)} faces",
+                          Path(self.cfg.reference).name)
             raw = run_reference(model, x_ref, self.cfg.batch_size, self.cfg.progress)
             self._time("reference", t)
             self.ref_probs[key] = probabilities(raw, src.output.activation, src.output.temperature)

@@ -342,6 +342,37 @@ def test_bad_counts_and_name(tiny, tmp_path: Path, capsys):
     _assert_nothing_written(out)
 
 
+# ---- a crash in native code ------------------------------------------------------------------
+# Simulated: FEREDGE_FAULT_PHASE makes the export's child process SIGSEGV itself when that phase
+# begins, exactly what a converter or runtime bug does (issue: a CNN-LSTM used to kill the process).
+
+# Each conversion, and each device runtime's scoring run (every case costs a child's TensorFlow start).
+NATIVE_PHASES = [("tflite_int8", "rgb32.int8.tflite"), ("onnx_fp32", "rgb32.onnx"), ("onnx_int8", "rgb32.int8.onnx"),
+                 ("evaluate_int8_tflite", "rgb32.int8.tflite"), ("evaluate_int8_onnx", "rgb32.int8.onnx")]
+
+
+@pytest.mark.parametrize(("phase", "artifact"), NATIVE_PHASES, ids=[p for p, _ in NATIVE_PHASES])
+def test_native_crash_in_a_phase_is_one_line_and_leaves_nothing(tiny, tmp_path: Path, capfd, monkeypatch,
+                                                                 phase: str, artifact: str):
+    monkeypatch.setenv("FEREDGE_FAULT_PHASE", phase)
+    fresh, kept = tmp_path / "new", tmp_path / "kept"
+    kept.mkdir()
+    (kept / "keep.txt").write_text("mine")
+    for out in (fresh, kept) if phase == "tflite_int8" else (fresh,):
+        rc = main(["export", str(tiny["rgb"]), "--calibration", str(tiny["data"]), "--samples", "20", "--quiet",
+                   "--out", str(out)])
+        err = capfd.readouterr().err
+        assert rc == 2, err
+        assert "Traceback" not in err
+        lines = [ln for ln in err.splitlines() if ln.startswith("feredge export: error:")]
+        assert len(lines) == 1, err
+        assert "export crashed in native code (SIGSEGV) while" in lines[0], lines[0]
+        assert f"({artifact})" in lines[0], lines[0]
+    assert not fresh.exists()
+    if phase == "tflite_int8":
+        assert sorted(p.name for p in kept.iterdir()) == ["keep.txt"]  # no staging folder left behind
+
+
 def test_mlp_on_28x28_with_npz_calibration(tmp_path: Path):
     """An MNIST-style MLP whose input is (N, 28, 28) without a channel axis, calibrated from an
     .npz: the exporter feeds it NHWC through a Reshape view; the TFLite input is (1, 28, 28, 1)."""
