@@ -98,7 +98,13 @@ def _quiet_root_warnings() -> Iterator[None]:
 
 def quantize_int8(fp32: Path, dest: Path, calib_x: np.ndarray, *, method: str = "minmax",
                   progress_cb: Callable[[int], None] | None = None) -> list[str]:
-    """Static QDQ int8 (per-channel weights, int8 activations) calibrated on ``calib_x``."""
+    """Static QDQ int8 (per-channel weights, int8 activations) calibrated on ``calib_x``.
+
+    Weights use 7 bits (``reduce_range``): onnxruntime's x86 int8 kernels multiply u8 x s8 pairs
+    into saturating int16 sums, which silently clips models with large weights. Measured on
+    feredge-fer-v2 (1,500 PublicTest faces): top-1 agreement with the float model 90.7 % with 8-bit
+    weights under the optimised kernels, 99.0 % when the same QDQ graph runs unoptimised (so the
+    ranges are right and the kernels clip), 98.3 % with 7-bit weights under the optimised kernels."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -115,7 +121,7 @@ def quantize_int8(fp32: Path, dest: Path, calib_x: np.ndarray, *, method: str = 
         with _quiet_root_warnings():
             quantize_static(
                 str(fp32), str(dest), _Reader(name, calib_x.astype(np.float32), progress_cb, batch),
-                quant_format=QuantFormat.QDQ, per_channel=True,
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 calibrate_method=methods[method],
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},

@@ -16,7 +16,7 @@ from edge.fsutil import sha256_file
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 DEFAULT = ROOT / "edge" / "data" / "default"
-NAME = "feredge-fer-v1"
+NAME = "feredge-fer-v2"
 
 
 

@@ -127,6 +127,22 @@ def _parity(capsys, *args: str) -> tuple[int, str, str]:
     return rc, cap.out, cap.err
 
 
+def test_native_crash_in_parity_is_one_line(tiny, tmp_path, capfd, monkeypatch):
+    """Simulated (FEREDGE_FAULT_PHASE): LiteRT dies in native code; one line, exit 2, no report."""
+    monkeypatch.setenv("FEREDGE_FAULT_PHASE", "parity_candidate")
+    artifact = "tiny.tflite"
+    rep = tmp_path / "rep"
+    rc = main(["parity", "--quiet", "--reference", str(tiny["keras"]), "--candidate", str(tiny["tflite"]),
+               "--data", str(tiny["data"]), "--report", str(rep)])
+    err = capfd.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("feredge parity: error:")]
+    assert len(lines) == 1 and "parity crashed in native code (SIGSEGV) while running" in lines[0], err
+    assert f"({artifact})" in lines[0], lines[0]
+    assert not rep.exists()
+
+
 def test_tiny_float_candidates_pass_with_report(tiny, tmp_path, capsys):
     rep = tmp_path / "rep"
     rc, _, err = _parity(capsys, "--reference", str(tiny["keras"]), "--candidate", str(tiny["onnx"]),
@@ -603,11 +619,12 @@ def test_shipped_default_model_parity_default_thresholds(fer2013_dir, tmp_path, 
     if shipped is None:
         pytest.skip("no shipped default model (models/*.keras with its artifacts) in this checkout yet")
     ref, arts = shipped
-    # The int8 artifacts of feredge-fer-v1 agree with the float model on 98.8-99.0 % of PublicTest
-    # (every flip a near-tie); the 99 % target is not met yet (models/MODEL_CARD.md, issue 6). This
-    # guards the measured level; float artifacts and the accuracy drop keep the default thresholds.
+    # The int8 artifacts of feredge-fer-v2 agree with the float model on 98.1-98.9 % of PublicTest
+    # (TFLite 98.86 %, ONNX 98.08 % on onnxruntime's x86 kernels; every flip a near-tie: 100 % above
+    # a 0.1 margin); the 99 % target is not met yet (models/MODEL_CARD.md). This guards the measured
+    # level; float artifacts and the accuracy drop keep the default thresholds.
     args = ["--reference", str(ref), "--data", str(fer2013_dir / "test"), "--report", str(tmp_path / "rep"),
-            "--min-agreement", "0.985"]
+            "--min-agreement", "0.98"]
     for a in arts:
         args += ["--candidate", str(a)]
     rc, _, err = _parity(capsys, *args)
