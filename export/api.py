@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,7 +44,7 @@ from edge.errors import FeredgeError, one_line
 from edge.fsutil import current_umask, publish, staging_dir
 from edge.preprocess import prepare_batch
 from export import calibration as cal
-from export import isolate
+from export import isolate, model_steps
 from export import report as rep
 from export.errors import ExportError
 from export.progress import progress_bar
@@ -499,9 +500,14 @@ def _convert_phase(run: _Run, loaded: _Loaded, contract: Contract, x_cal: Any, s
     contract.quantization[f_onnx.name] = {"input": f32, "output": f32}
     contract.quantization[f_qonnx.name] = {"input": f32, "output": f32}
     ph.done("onnx_int8")
-    f_keras = stage / f"{name}.keras"
+    # The desktop reference. A tf_keras model (Keras 3 cannot build it) is kept as Keras 2's .h5,
+    # which feredge parity loads back the same way.
+    tf_keras_model = model_steps.is_tf_keras(loaded.lm.model)
+    f_keras = stage / f"{name}.h5" if tf_keras_model else stage / f"{name}.keras"
     try:
-        loaded.lm.model.save(str(f_keras))
+        with warnings.catch_warnings():  # tf_keras calls its own .h5 "legacy": it is what Keras 2 reads
+            warnings.simplefilter("ignore", UserWarning)
+            loaded.lm.model.save(str(f_keras), **({"save_format": "h5"} if tf_keras_model else {}))
     except Exception as e:  # a wrapped SavedModel may refuse; the export is still useful
         run.warn(f"could not save the desktop model as {f_keras.name}: {one_line(e, 160)}")
     ph.done("save_keras")

@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -106,6 +107,12 @@ def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], verbose: bo
 
     _setup_logging(verbose)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    with contextlib.suppress(ImportError):
+        from tqdm import tqdm
+
+        # tqdm's default lock is a multiprocessing semaphore, which a crashed child leaks (and
+        # the resource tracker then reports at exit): one process needs only a thread lock.
+        tqdm.set_lock(threading.RLock())
     _conn = conn
     try:
         result = fn(*args)

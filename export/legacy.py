@@ -36,6 +36,11 @@ _MODEL_CLASSES = {"Sequential", "Functional", "Model"}
 _REDUCED_PRECISION = ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16")
 
 
+class Keras3CannotBuild(ExportError):
+    """The translated config names something Keras 3 does not have (a dropped layer, a TF op
+    layer): :mod:`export.load` then tries tf_keras, which may still load the file."""
+
+
 @dataclass
 class Repairs:
     """Collects repairs; the same repair on many layers becomes one report line."""
@@ -46,6 +51,12 @@ class Repairs:
         names = self._items.setdefault(what, [])
         if where and where not in names:
             names.append(where)
+
+    def extend(self, other: Repairs) -> None:
+        for what, names in other._items.items():
+            self.note(what)
+            for name in names:
+                self.note(what, name)
 
     def lines(self) -> list[str]:
         out = []
@@ -83,15 +94,35 @@ def find_lambdas(cfg: Any) -> list[str]:
     return found
 
 
-def is_channels_first(cfg: Any) -> bool:
-    """Whether any layer of the config works on channels-first (Theano-era) feature maps."""
+_CONV_CLASSES = {"Conv2D", "Convolution2D", "SeparableConv2D", "SeparableConvolution2D", "DepthwiseConv2D",
+                 "Conv2DTranspose", "Deconvolution2D"}
+
+
+def _data_formats(cfg: Any) -> list[tuple[str, str]]:
+    """(class, data_format) of every layer that states one (Flatten's says something else)."""
+    found: list[tuple[str, str]] = []
     if isinstance(cfg, dict):
-        if cfg.get("data_format") == "channels_first":
-            return True
-        return any(is_channels_first(v) for v in cfg.values())
-    if isinstance(cfg, list):
-        return any(is_channels_first(v) for v in cfg)
-    return False
+        conf = cfg.get("config")
+        if isinstance(conf, dict) and conf.get("data_format") and cfg.get("class_name") != "Flatten":
+            found.append((str(cfg.get("class_name")), str(conf["data_format"])))
+        for v in cfg.values():
+            found += _data_formats(v)
+    elif isinstance(cfg, list):
+        for v in cfg:
+            found += _data_formats(v)
+    return found
+
+
+def is_channels_first(cfg: Any) -> bool:
+    """Whether the model works on channels-first (Theano-era) feature maps: what its convolutions
+    say (all of them), else what any layer says. A channels-last model in which a few layers say
+    channels-first (Keras 2.0 let a pooling layer say so) is channels-last; those layers are
+    rewritten by :func:`_wrap_foreign_layout`."""
+    formats = _data_formats(cfg)
+    conv = [f for c, f in formats if c in _CONV_CLASSES]
+    if conv:
+        return all(f == "channels_first" for f in conv)
+    return any(f == "channels_first" for _, f in formats)
 
 
 def translate_model_config(cfg: dict[str, Any], repairs: Repairs) -> dict[str, Any]:
@@ -117,6 +148,8 @@ def _translate_model(node: dict[str, Any], repairs: Repairs, cf: bool) -> dict[s
             conf = {"name": "sequential", "layers": conf}
             repairs.note("list-style Sequential config (Keras 2.0/2.1) converted to a dict")
         layers = [_translate_layer(layer, repairs, in_sequential=True, cf=cf) for layer in conf.get("layers", [])]
+        if not cf:
+            layers = _wrap_foreign_layout(layers, repairs)
         if layers and layers[0].get("class_name") != "InputLayer":
             first_conf = layers[0].get("config", {})
             shape = first_conf.pop("_feredge_batch_shape", None)
@@ -137,6 +170,13 @@ def _translate_model(node: dict[str, Any], repairs: Repairs, cf: bool) -> dict[s
         _shift_nested_node_indices(conf, repairs)
         conf["layers"] = [_translate_layer(layer, repairs, in_sequential=False, cf=cf)
                           for layer in conf.get("layers", [])]
+        foreign = [layer for layer in conf["layers"] if not cf and _foreign_layout(layer)]
+        if foreign:
+            lname = foreign[0].get("config", {}).get("name", "?")
+            cls = foreign[0].get("class_name")
+            raise ExportError(f"layer '{lname}' ({cls}) says channels_first in a channels-last functional model; "
+                              "only Sequential models are rewritten for that: rebuild it with a "
+                              "builder (--architecture builder.py:function) and load these weights")
         for layer in conf["layers"]:
             layer.get("config", {}).pop("_feredge_batch_shape", None)
         for key in ("input_layers", "output_layers"):
@@ -151,6 +191,39 @@ def _translate_model(node: dict[str, Any], repairs: Repairs, cf: bool) -> dict[s
     for key in ("registered_name", "build_config", "compile_config"):
         node.pop(key, None)
     return node
+
+
+def _foreign_layout(layer: dict[str, Any]) -> bool:
+    conf = layer.get("config")
+    return (isinstance(conf, dict) and conf.get("data_format") == "channels_first"
+            and layer.get("class_name") not in ("Flatten", *_MODEL_CLASSES))
+
+
+def _wrap_foreign_layout(layers: list[dict[str, Any]], repairs: Repairs) -> list[dict[str, Any]]:
+    """Keras 2.0 computed a ``channels_first`` layer inside a channels-last model literally: on an
+    (N, A, B, C) tensor it took A for the channels and worked over B and C (its TensorFlow backend
+    transposed to NHWC around the op, as TensorFlow's CPU kernels have no NCHW pooling). The weights
+    were trained that way and the next Dense layer's size depends on it, so the same arithmetic is
+    rebuilt: Permute to (N, B, C, A), the layer channels-last, Permute back to (N, A, B', C')."""
+    out: list[dict[str, Any]] = []
+    for layer in layers:
+        if not _foreign_layout(layer):
+            out.append(layer)
+            continue
+        conf = layer["config"]
+        lname = str(conf.get("name"))
+        conf["data_format"] = "channels_last"
+        pre: dict[str, Any] = {"name": f"{lname}_to_nhwc", "dims": [2, 3, 1]}
+        shape = conf.pop("_feredge_batch_shape", None)
+        if shape is not None:
+            pre["_feredge_batch_shape"] = shape
+        out.append({"class_name": "Permute", "config": pre})
+        out.append(layer)
+        if not layer.get("class_name", "").startswith("Global"):  # a global pooling leaves (N, A)
+            out.append({"class_name": "Permute", "config": {"name": f"{lname}_from_nhwc", "dims": [3, 1, 2]}})
+        repairs.note("channels_first layer in a channels-last model (Keras 2.0): rebuilt as transpose, "
+                     "channels-last layer, transpose (Keras 2's own arithmetic)", lname)
+    return out
 
 
 # tf.keras wraps TensorFlow ops used on symbolic tensors (``x / 127.5 - 1`` in MobileNet's
@@ -181,7 +254,7 @@ def _translate_tf_op(layer: dict[str, Any], repairs: Repairs) -> dict[str, Any]:
     name = conf.get("name") or layer.get("name")
     fn = conf.get("function")
     nodes = layer.get("inbound_nodes") or []
-    refusal = ExportError(
+    refusal = Keras3CannotBuild(
         f"layer '{name}' is a TensorFlow op wrapped by tf.keras ({layer['class_name']} {fn}) that Keras 3 cannot "
         "rebuild; rebuild the model with a builder (--architecture builder.py:function) and load its weights")
     if len(nodes) != 1 or not isinstance(nodes[0], list) or not nodes[0] or not isinstance(nodes[0][0], str):
@@ -440,7 +513,7 @@ def build_from_config(cfg: dict[str, Any], *, trust_model: bool) -> Any:
     except ExportError:
         raise
     except Exception as e:  # Keras raises many types for bad configs
-        raise ExportError(f"Keras 3 cannot build the architecture: {one_line(e)}") from None
+        raise Keras3CannotBuild(f"Keras 3 cannot build the architecture: {one_line(e)}") from None
     if not isinstance(model, keras.Model):
         raise ExportError(f"architecture built a {type(model).__name__}, not a Keras model")
     return model

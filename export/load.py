@@ -10,6 +10,7 @@ Everything that goes wrong because of the input raises :class:`ExportError` with
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
@@ -23,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from edge.errors import ContractError, one_line
 from edge.fsutil import sha256_file
+from export import model_steps
 from export.errors import ExportError
 from export.legacy import (
+    Keras3CannotBuild,
     Repairs,
     WeightLayout,
     assign_weights,
@@ -89,6 +92,7 @@ def load_model(path: str | os.PathLike[str], *, architecture: str | None = None,
         input_geometry(model)  # refuse non-image models here, with the file's name at hand
     except ExportError as e:
         raise ExportError(f"{src.name}: {e}") from None
+    model = model_steps.apply_all(model, repairs)
     return LoadedModel(model=model, source=src, source_sha256=digest, source_format=fmt, labels=labels,
                        contract_hint=_contract_beside(src), repairs=repairs.lines(),
                        normalize_hint="raw" if _rescales_own_input(model) else None)
@@ -374,7 +378,13 @@ def _load_h5_open(h5: Any, src: Path, architecture: str | None, keras1_theano: b
         else:
             _refuse_lambdas(cfg, src, trust_model)
             channels_first = is_channels_first(cfg)
-            model = build_from_config(translate_model_config(cfg, repairs), trust_model=trust_model)
+            attempt = Repairs()  # kept only if Keras 3 builds the model: else they were not made
+            try:
+                model = build_from_config(translate_model_config(cfg, attempt), trust_model=trust_model)
+            except Keras3CannotBuild as e:
+                model = _full_model_via_tf_keras(src, cfg, e, repairs)
+                return model, f"keras {version or '2.x'} h5 (full model, loaded by tf_keras)", labels
+            repairs.extend(attempt)
         if keras1 is not None:
             assign_weights(model, weights, repairs, keras1)
             return model, f"keras 1.x full model ({_keras1_how(keras1, attrs)}), architecture from {arch_fmt}", labels
@@ -408,6 +418,56 @@ def _load_h5_open(h5: Any, src: Path, architecture: str | None, keras1_theano: b
         return model, f"keras 3 weights + {arch_fmt}", labels
     raise ExportError(f"{src} is an HDF5 file but not a Keras model or weights file "
                       "(no model_config or layer_names attribute)")
+
+
+def _full_model_via_tf_keras(src: Path, cfg: Any, why: ExportError, repairs: Repairs) -> Any:
+    """Whatever tf_keras (the Keras 2 API) loads, feredge exports: a full-model file Keras 3 cannot
+    build even after the repairs (a layer Keras 3 dropped, such as LocallyConnected2D) is loaded
+    by tf_keras, and that model is the desktop reference and the converters' input. Lambda layers
+    were refused (or allowed by --trust-model) before this point."""
+    try:
+        import tf_keras
+    except ImportError:
+        raise ExportError(f"{why}; installing tf-keras (pip install 'feredge[export]') lets feredge load it "
+                          "as Keras 2 did") from None
+    try:
+        model = tf_keras.models.load_model(str(src), compile=False)
+    except Exception as e:
+        unknown = _unknown_layers(cfg, tf_keras)
+        if unknown:
+            name, cls = unknown[0]
+            raise ExportError(f"layer '{name}' ({cls}) is known to neither Keras 3 nor tf_keras, so no converter "
+                              "handles it: replace it, or rebuild the model with a builder "
+                              "(--architecture builder.py:function) and load these weights") from None
+        raise ExportError(f"{why}; tf_keras cannot load it either: {one_line(e)}") from None
+    missing = ", ".join(f"{n} ({c})" for n, c in _unknown_layers(cfg, importlib.import_module("keras")))
+    how = "loaded by tf_keras, the Keras 2 API, as the desktop reference and converted from it directly"
+    if missing:
+        repairs.note(f"layers Keras 3 dropped: {how}", missing)
+    else:
+        repairs.note(f"Keras 3 cannot build this architecture ({one_line(why, 120)}): {how}")
+    return model
+
+
+def _unknown_layers(cfg: Any, kmod: Any) -> list[tuple[str, str]]:
+    """(name, class) of the layers in a config that ``kmod`` (keras or tf_keras) has no class for."""
+    found: list[tuple[str, str]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            cls = node.get("class_name")
+            conf = node.get("config")
+            if isinstance(cls, str) and isinstance(conf, dict) and "name" in conf and cls not in (
+                    "Sequential", "Functional", "Model", "InputLayer") and getattr(kmod.layers, cls, None) is None:
+                found.append((str(conf["name"]), cls))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(cfg)
+    return found
 
 
 def _keras1_options(attrs: Any, weights: Any, keras1_theano: bool) -> WeightLayout | None:

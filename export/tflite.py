@@ -24,6 +24,7 @@ import numpy as np
 
 from edge.contract import QuantParams
 from export.errors import ExportError
+from export.model_steps import is_tf_keras
 
 log = logging.getLogger(__name__)
 
@@ -177,17 +178,28 @@ def verify_int8(data: bytes, what: str = "int8 TFLite") -> FlatbufferInfo:
         if op.name.startswith("CUSTOM") or op.name in ("FLEX", "DELEGATE"):
             raise ExportError(f"{what}: op #{op.index} {op.name} is a custom/TF Select op; it will not run on "
                               "the device runtime")
-        if op.name in ("QUANTIZE", "DEQUANTIZE") and not (set(op.inputs) | set(op.outputs)) & boundary:
+        inner = not (set(op.inputs) | set(op.outputs)) & boundary
+        # An inner QUANTIZE between integer tensors is a requantisation (one scale to another, e.g.
+        # before a PACK of an unrolled recurrent layer's steps): a full-integer op. Every float
+        # tensor was refused above, so only a DEQUANTIZE can still bring float into the graph.
+        requantize = op.name == "QUANTIZE" and all(info.tensors[t].type in _ALLOWED_TYPES for t in op.inputs)
+        if op.name in ("QUANTIZE", "DEQUANTIZE") and inner and not requantize:
             raise ExportError(f"{what}: op #{op.index} {op.name} sits inside the graph (only allowed at the "
                               "input/output boundary)")
     return info
 
 
 def keras_to_saved_model(model: Any, input_shape: tuple[int, int, int], dest: Path) -> Path:
-    """SavedModel with a static (1, H, W, C) float32 signature, via Keras 3's ExportArchive."""
+    """SavedModel with a static (1, H, W, C) float32 signature, via Keras 3's ExportArchive (a
+    tf_keras model, loaded because Keras 3 cannot build it, through ``tf.saved_model.save``)."""
     import tensorflow as tf
 
     h, w, c = input_shape
+    spec = tf.TensorSpec((1, h, w, c), tf.float32, name="input")
+    if is_tf_keras(model):
+        serve = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        tf.saved_model.save(model, str(dest), signatures=serve.get_concrete_function())
+        return dest
     try:
         model.export(str(dest), format="tf_saved_model",
                      input_signature=[tf.TensorSpec((1, h, w, c), tf.float32, name="input")], verbose=False)

