@@ -179,6 +179,7 @@ def _check_model_and_device(page, d: Daemon) -> None:
     device = page.locator("#device")
     expect(device.locator('dd[data-key="MQTT"]')).to_have_text("off")
     expect(device.locator('dd[data-key="version"]')).to_have_text(d.stats()["version"])
+    expect(device.locator('dd[data-key="node"]')).to_have_text(d.node_id)  # this device in a fleet
     page.locator('a[href="/metrics"]').click()
     expect(page.locator("#raw-text")).to_contain_text("feredge_camera_fps")
 

@@ -465,7 +465,7 @@
   }
 
   function renderDevice(s) {
-    const rows = [["version", s.version], ["uptime", duration(s.uptime)]];
+    const rows = [["node", s.node_id || "—"], ["version", s.version], ["uptime", duration(s.uptime)]];
     const q = s.mqtt;
     rows.push(["MQTT", !q ? "off" : `${q.connected ? "connected" : "disconnected"} · ${q.published} sent · ` +
       `${q.queued} queued · ${q.dropped} dropped`]);
