@@ -329,6 +329,18 @@ def _clean_model_conf(conf: dict[str, Any]) -> None:
 _AXIS_BOUND = {"Reshape", "Permute", "Lambda", "RepeatVector", "Cropping1D", "Conv1D", "LocallyConnected2D"}
 
 
+@dataclass
+class _Layer:
+    """One layer's config being translated, and what the steps need to know about it."""
+
+    cls: str | None
+    conf: dict[str, Any]
+    name: str
+    repairs: Repairs
+    in_sequential: bool
+    cf: bool  # the model is channels-first and is being turned channels-last
+
+
 def _translate_layer(node: dict[str, Any], repairs: Repairs, *, in_sequential: bool, cf: bool) -> dict[str, Any]:
     cls = node.get("class_name")
     if cls in _MODEL_CLASSES:
@@ -342,50 +354,76 @@ def _translate_layer(node: dict[str, Any], repairs: Repairs, *, in_sequential: b
     conf = node.get("config")
     if not isinstance(conf, dict):
         return node
-    lname = str(conf.get("name") or node.get("name") or cls)
+    layer = _Layer(cls, conf, str(conf.get("name") or node.get("name") or cls), repairs, in_sequential, cf)
+    for step in LAYER_STEPS:
+        step(layer)
+    return node
 
-    # Input shapes: Keras 3 wants an InputLayer with batch_shape.
+
+def _input_shape(layer: _Layer) -> None:
+    """Keras 3 wants an InputLayer with ``batch_shape``; Keras 2 put ``batch_input_shape``,
+    ``input_shape`` or ``input_dim`` on any layer (the first of a Sequential carries it over)."""
+    conf = layer.conf
     shape = conf.pop("batch_input_shape", None)
-    if cf:
-        shape = _to_channels_last(cls, conf, shape, lname, repairs)
-    if cls == "InputLayer":
+    if layer.cf:
+        shape = _to_channels_last(layer.cls, conf, shape, layer.name, layer.repairs)
+    if layer.cls == "InputLayer":
         if shape is not None:
             conf["batch_shape"] = shape
-            repairs.note("InputLayer batch_input_shape renamed batch_shape")
-    else:
-        if shape is None and "input_shape" in conf:
-            shape = [None, *conf["input_shape"]]
-        if shape is None and conf.get("input_dim") is not None:
-            shape = [None, conf["input_dim"]]
-        conf.pop("input_shape", None)
-        conf.pop("input_dim", None)
-        if shape is not None and in_sequential:
-            conf["_feredge_batch_shape"] = shape
+            layer.repairs.note("InputLayer batch_input_shape renamed batch_shape")
+        return
+    if shape is None and "input_shape" in conf:
+        shape = [None, *conf["input_shape"]]
+    if shape is None and conf.get("input_dim") is not None:
+        shape = [None, conf["input_dim"]]
+    conf.pop("input_shape", None)
+    conf.pop("input_dim", None)
+    if shape is not None and layer.in_sequential:
+        conf["_feredge_batch_shape"] = shape
 
-    # Precision: everything is exported as float32.
-    if "dtype" in conf:
-        conf["dtype"] = _float32_policy(conf["dtype"], lname, repairs)
 
-    # Axis given as a one-element list (tf.keras BatchNormalization).
-    axis = conf.get("axis")
+def _float32(layer: _Layer) -> None:
+    """Everything is exported as float32 (then int8): mixed-precision policies become float32."""
+    if "dtype" in layer.conf:
+        layer.conf["dtype"] = _float32_policy(layer.conf["dtype"], layer.name, layer.repairs)
+
+
+def _axis_list(layer: _Layer) -> None:
+    """tf.keras BatchNormalization wrote its axis as a one-element list."""
+    axis = layer.conf.get("axis")
     if isinstance(axis, list) and len(axis) == 1:
-        conf["axis"] = int(axis[0])
+        layer.conf["axis"] = int(axis[0])
 
-    if cls == "Lambda":
-        _translate_lambda(conf)
-    if cls == "LeakyReLU" and "alpha" in conf:
-        conf["negative_slope"] = conf.pop("alpha")
-        repairs.note("LeakyReLU alpha renamed negative_slope", lname)
 
+def _lambda_function(layer: _Layer) -> None:
+    if layer.cls == "Lambda":
+        _translate_lambda(layer.conf)
+
+
+def _renamed_arguments(layer: _Layer) -> None:
+    if layer.cls == "LeakyReLU" and "alpha" in layer.conf:
+        layer.conf["negative_slope"] = layer.conf.pop("alpha")
+        layer.repairs.note("LeakyReLU alpha renamed negative_slope", layer.name)
+
+
+def _nested_objects(layer: _Layer) -> None:
+    """Initializers, regularizers, constraints and activations given as Keras 2 object configs."""
+    conf = layer.conf
     for key in list(conf):
         val = conf[key]
         if key.endswith(("_initializer", "_regularizer", "_constraint")) or key == "activity_regularizer":
-            conf[key] = _translate_object(key, val, lname, repairs)
+            conf[key] = _translate_object(key, val, layer.name, layer.repairs)
         elif key == "activation" and isinstance(val, dict):
             conf[key] = val.get("config", {}).get("name") or val.get("class_name")
 
-    _drop_unknown_kwargs(cls, conf, lname, repairs)
-    return node
+
+def _unknown_arguments(layer: _Layer) -> None:
+    _drop_unknown_kwargs(layer.cls, layer.conf, layer.name, layer.repairs)
+
+
+# The repairs of one layer's config, in order (each notes what it changed for the report).
+LAYER_STEPS = (_input_shape, _float32, _axis_list, _lambda_function, _renamed_arguments, _nested_objects,
+               _unknown_arguments)
 
 
 def _to_channels_last(cls: str | None, conf: dict[str, Any], shape: Any, lname: str, repairs: Repairs) -> Any:
