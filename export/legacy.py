@@ -19,6 +19,7 @@ import inspect
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,27 +72,26 @@ class Repairs:
 
 # ---- architecture ------------------------------------------------------------------------
 
+def layer_nodes(cfg: Any) -> Iterator[dict[str, Any]]:
+    """Every ``{"class_name": ..., "config": ...}`` node of a (Keras 1/2/3) config, nested ones included."""
+    if isinstance(cfg, dict):
+        if "class_name" in cfg:
+            yield cfg
+        for v in cfg.values():
+            yield from layer_nodes(v)
+    elif isinstance(cfg, list):
+        for v in cfg:
+            yield from layer_nodes(v)
+
+
 def find_lambdas(cfg: Any) -> list[str]:
     """Names of Lambda layers anywhere in a (Keras 1/2/3) model config, nested models included.
 
     Checked before deserialising because deserialising a Lambda unmarshals Python bytecode
     from the file, i.e. runs code the user may not have written.
     """
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("class_name") == "Lambda":
-                conf = node.get("config") or {}
-                found.append(str(conf.get("name") or node.get("name") or "?"))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(cfg)
-    return found
+    return [str((node.get("config") or {}).get("name") or node.get("name") or "?")
+            for node in layer_nodes(cfg) if node.get("class_name") == "Lambda"]
 
 
 _CONV_CLASSES = {"Conv2D", "Convolution2D", "SeparableConv2D", "SeparableConvolution2D", "DepthwiseConv2D",
@@ -100,17 +100,9 @@ _CONV_CLASSES = {"Conv2D", "Convolution2D", "SeparableConv2D", "SeparableConvolu
 
 def _data_formats(cfg: Any) -> list[tuple[str, str]]:
     """(class, data_format) of every layer that states one (Flatten's says something else)."""
-    found: list[tuple[str, str]] = []
-    if isinstance(cfg, dict):
-        conf = cfg.get("config")
-        if isinstance(conf, dict) and conf.get("data_format") and cfg.get("class_name") != "Flatten":
-            found.append((str(cfg.get("class_name")), str(conf["data_format"])))
-        for v in cfg.values():
-            found += _data_formats(v)
-    elif isinstance(cfg, list):
-        for v in cfg:
-            found += _data_formats(v)
-    return found
+    return [(str(node["class_name"]), str(node["config"]["data_format"])) for node in layer_nodes(cfg)
+            if isinstance(node.get("config"), dict) and node["config"].get("data_format")
+            and node["class_name"] != "Flatten"]
 
 
 def is_channels_first(cfg: Any) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 from edge.errors import one_line
 from export.errors import ExportError
-from export.legacy import Repairs
+from export.legacy import Repairs, layer_nodes
 
 
 def via_tf_keras(src: Path, cfg: Any, why: ExportError, repairs: Repairs) -> Any:
@@ -40,23 +40,12 @@ def via_tf_keras(src: Path, cfg: Any, why: ExportError, repairs: Repairs) -> Any
     return model
 
 
+_CONTAINERS = ("Sequential", "Functional", "Model", "InputLayer")
+
+
 def _unknown_layers(cfg: Any, kmod: Any) -> list[tuple[str, str]]:
     """(name, class) of the layers in a config that ``kmod`` (keras or tf_keras) has no class for."""
-    found: list[tuple[str, str]] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            cls = node.get("class_name")
-            conf = node.get("config")
-            if isinstance(cls, str) and isinstance(conf, dict) and "name" in conf and cls not in (
-                    "Sequential", "Functional", "Model", "InputLayer") and getattr(kmod.layers, cls, None) is None:
-                found.append((str(conf["name"]), cls))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(cfg)
-    return found
-
+    return [(str(node["config"]["name"]), node["class_name"]) for node in layer_nodes(cfg)
+            if isinstance(node["class_name"], str) and isinstance(node.get("config"), dict)
+            and "name" in node["config"] and node["class_name"] not in _CONTAINERS
+            and getattr(kmod.layers, node["class_name"], None) is None]
