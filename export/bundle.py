@@ -75,6 +75,7 @@ SERVICE_FILES = [
     ("bundle/99-feredge-coral.rules", "udev/99-feredge-coral.rules", 0o644),
     ("bundle/install.sh", "install.sh", 0o755),
     ("bundle/uninstall.sh", "uninstall.sh", 0o755),
+    ("bundle/set-hostname.sh", "set-hostname.sh", 0o755),
     ("bundle/user-data", "cloud-init/user-data", 0o644),
 ]
 

@@ -48,6 +48,14 @@ if [ "$BOOT" = 1 ]; then
   else
     check "feredge user and group (systemd-sysusers)" 0 "missing"
   fi
+  node=$(/opt/feredge/venv/bin/python -c 'from edge.identity import default_node_id; print(default_node_id())')
+  echo "$node" > "$STATE/node-id"
+  if [ "$(hostname)" = "$node" ] && [ "$(cat /etc/hostname)" = "$node" ] && grep -q "^127.0.1.1[[:space:]]$node\$" /etc/hosts; then
+    check "the default hostname renamed to the node id (set-hostname.sh)" 1 "raspberrypi -> $node (hostname, /etc/hostname, /etc/hosts)"
+  else
+    check "the default hostname renamed to the node id (set-hostname.sh)" 0 \
+      "hostname $(hostname), /etc/hostname $(cat /etc/hostname), node id $node; $(journalctl -u cloud-final -o cat | grep 'feredge hostname' | tail -n 1)"
+  fi
   score=$(systemd-analyze security --no-pager feredge.service 2>/dev/null | sed -n 's/.*Overall exposure level for feredge.service: \([0-9.]*\).*/\1/p')
   check "systemd-analyze security <= 2.0" "$(python3 -c "print(int(0 < float('${score:-99}') <= 2.0))")" \
     "exposure ${score:-unknown} ($(systemctl --version | head -n 1))"
@@ -87,6 +95,11 @@ else
     check "second boot: the installer did not run again" 1 "install log unchanged"
   else
     check "second boot: the installer did not run again" 0 "install log changed"
+  fi
+  if [ "$(hostname)" = "$(cat "$STATE/node-id" 2>/dev/null)" ]; then
+    check "second boot: cloud-init kept the new hostname" 1 "$(hostname)"
+  else
+    check "second boot: cloud-init kept the new hostname" 0 "$(hostname), node id $(cat "$STATE/node-id" 2>/dev/null)"
   fi
 fi
 

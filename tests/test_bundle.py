@@ -97,7 +97,7 @@ def test_checksums_cover_every_file(bookworm_bundle):
     files = {p.relative_to(bookworm_bundle).as_posix() for p in bookworm_bundle.rglob("*") if p.is_file()}
     assert set(listed) == files - {"SHA256SUMS"}
     for rel in ("install.sh", "uninstall.sh", "systemd/feredge.service", "systemd/feredge.sysusers.conf",
-                "udev/99-feredge-coral.rules", "cloud-init/user-data", "config/config.toml",
+                "udev/99-feredge-coral.rules", "cloud-init/user-data", "set-hostname.sh", "config/config.toml",
                 "model/tiny.int8.tflite", "model/tiny.json", "requirements.lock", "bundle.json"):
         assert rel in listed, rel
     assert os.access(bookworm_bundle / "install.sh", os.X_OK)
@@ -240,3 +240,50 @@ def test_install_refuses_the_wrong_python(bookworm_bundle, tmp_path):
     here = f"Python {sys.version_info[0]}.{sys.version_info[1]} on {platform.machine()}"
     assert f"this bundle is for rpi-bookworm-arm64 (Python 3.11, aarch64) but {sys.executable} is {here}" in r.stderr
     assert list(root.iterdir()) == []
+
+
+def _hostname_shims(tmp_path: Path, current: str, hostnamectl_works: bool) -> dict[str, str]:
+    """``hostname`` and ``hostnamectl`` stand-ins that record calls: renaming this machine for real
+    is not a test's business (make verify-boot runs the script on an emulated Pi for real)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "hostname").write_text(f'#!/bin/sh\n[ $# = 0 ] && echo {current} || echo "hostname $*" >> {calls}\n')
+    (bin_dir / "hostnamectl").write_text(
+        f'#!/bin/sh\necho "hostnamectl $*" >> {calls}\n' + ("" if hostnamectl_works else "exit 1\n"))
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FEREDGE_PYTHON": sys.executable,
+            "PYTHONPATH": str(ROOT), "FEREDGE_ROOT": str(tmp_path)}
+
+
+@pytest.mark.parametrize("hostnamectl_works", [True, False], ids=["hostnamectl", "no-dbus"])
+def test_set_hostname_renames_a_default_pi_after_its_node_id(tmp_path, hostnamectl_works):
+    from edge.identity import default_node_id
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/hostname").write_text("raspberrypi\n")
+    (tmp_path / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n")
+    env = _hostname_shims(tmp_path, "raspberrypi", hostnamectl_works)
+    r = subprocess.run(["bash", str(ROOT / "bundle/set-hostname.sh")], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    new = default_node_id()
+    assert r.stdout.strip() == f"feredge hostname: raspberrypi -> {new}"
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0] == f"hostnamectl set-hostname {new}"
+    if hostnamectl_works:
+        assert calls == [calls[0]]
+    else:  # the fallback writes the static name and sets the running one
+        assert calls[1:] == [f"hostname {new}"]
+        assert (tmp_path / "etc/hostname").read_text() == new + "\n"
+    assert (tmp_path / "etc/hosts").read_text() == f"127.0.0.1\tlocalhost\n127.0.1.1\t{new}\n"
+
+
+def test_set_hostname_keeps_a_chosen_name(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/hosts").write_text("127.0.1.1\tkitchen\n")
+    env = _hostname_shims(tmp_path, "kitchen", True)
+    r = subprocess.run(["bash", str(ROOT / "bundle/set-hostname.sh")], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "feredge hostname: keeping kitchen"
+    assert not (tmp_path / "calls").exists()
+    assert (tmp_path / "etc/hosts").read_text() == "127.0.1.1\tkitchen\n"
