@@ -43,8 +43,13 @@ def _check_inputs(specs: list[str]) -> None:
     from edge.sources import parse_spec
 
     for s in specs:
-        if not parse_spec(s).is_camera and not Path(s).exists():
+        if parse_spec(s).is_camera:
+            continue
+        if not Path(s).exists():
             raise EdgeError(f"input not found: {s}")
+        if not (Path(s).is_file() or Path(s).is_dir()):
+            raise EdgeError(f"input {s} is not a regular file or a folder (a pipe, socket or device); "
+                            "cameras are given as /dev/videoN or a URL")
 
 
 # What OpenCV's mp4v writer can put in a container here.
@@ -179,4 +184,7 @@ def run(args: argparse.Namespace) -> int:
     clf = pipe.classifier
     log.info("%d frame(s), %d face(s) in %.2f s (%.1f frames/s) on %s/%s; %d full-frame face searches",
              frames, faces, dt, frames / dt if dt > 0 else 0.0, clf.backend_name, clf.device, pipe.full_searches)
+    if frames == 0:
+        # Only unreadable files, or a video without one decodable frame: nothing was classified.
+        raise EdgeError(f"no frame could be read from {', '.join(args.inputs)[:200]}; nothing was classified")
     return 0

@@ -165,6 +165,13 @@ class HttpConfig:
     # Privacy: no frame is kept in memory unless one of these is switched on.
     snapshots: bool = False
     mjpeg: bool = False
+    # Threads answering requests (a fixed pool); a request that finds them all busy is answered 503
+    # at once. Live streams (events, MJPEG) each hold one, at most workers - 4 (and 8) of them.
+    # Connections still sending their headers hold no thread (at most 256, 5 s each).
+    workers: int = 12
+    # Names this server is reached by besides its addresses, localhost and its hostname, comma-
+    # separated (e.g. "pi.example.lan"): any other Host header is refused (DNS rebinding).
+    allowed_hosts: str = ""
 
 
 @dataclass
@@ -187,10 +194,14 @@ class Config:
             for index, table in tables:
                 value = getattr(table, key)
                 if not ok(value):
-                    raise ConfigError(f"{self.where(section, key, index)}: {section}.{key} = {_show(value)}: "
+                    raise ConfigError(f"{self.where(section, key, index)}: {section}.{key} = "
+                                      f"{_show(value, f'{section}.{key}')}: "
                                       f"must be {must}")
         if not self.camera:
             raise ConfigError(f"{self.where()}: at least one [[camera]] is required")
+        if len(self.camera) > MAX_CAMERAS:
+            raise ConfigError(f"{self.where()}: {len(self.camera)} cameras; at most {MAX_CAMERAS} (each is a thread "
+                              "and a pipeline on the device)")
         names = [c.name for c in self.camera]
         for i, c in enumerate(self.camera):
             if c.reconnect_min > c.reconnect_max:
@@ -289,8 +300,27 @@ def read_secret(value: str | None, env: str | None, credential: str | None, *, w
 
 # ---- ranges ----------------------------------------------------------------------------
 
-def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+SHOW_MAX = 60  # characters of a bad value quoted in an error; a 10 MB value is not echoed whole
+_SECRET_KEY = re.compile(r"(token|password|secret|passphrase)$")
+
+
+def _show(value: Any, name: str = "") -> str:
+    """A bad value for an error message: never a secret's, and never more than SHOW_MAX characters."""
+    if _SECRET_KEY.search(name.rsplit(".", 1)[-1]):
+        return f"<{type(value).__name__}, hidden: {name} is a secret>"
+    text = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    return text if len(text) <= SHOW_MAX else f"{text[:SHOW_MAX]}… ({len(text):,} characters)"
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*")
+
+
+def _host_or_ip(v: str) -> bool:
+    try:
+        ipaddress.ip_address(v)
+        return True
+    except ValueError:
+        return _HOSTNAME.fullmatch(v) is not None
 
 
 def _positive(v: float) -> bool:
@@ -312,7 +342,8 @@ def _port(lo: int) -> Callable[[int], bool]:
 # (section, key) -> (check, what the value must be). Types are checked while reading; these are the
 # ranges. "camera" applies to every [[camera]].
 _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
-    ("camera", "name"): (lambda v: re.fullmatch(r"[A-Za-z0-9_-]+", v) is not None, "only letters, digits, _ and -"),
+    ("camera", "name"): (lambda v: re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) is not None,
+                         "1-64 letters, digits, _ and -"),
     ("camera", "pace"): (_one_of("realtime", "fast"), "'realtime' or 'fast'"),
     ("camera", "width"): (_positive, "> 0"),
     ("camera", "height"): (_positive, "> 0"),
@@ -322,7 +353,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("camera", "reconnect_max"): (_positive, "> 0"),
     ("camera", "read_timeout"): (_positive, "> 0"),
     ("model", "device"): (_one_of("auto", "cpu", "coral"), "auto, cpu or coral"),
-    ("model", "min_score"): (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("model", "min_score"): (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     ("model", "num_threads"): (lambda v: v is None or v >= 1, ">= 1"),
     ("detector", "detect_width"): (_at_least(0), ">= 0 (0 = full size)"),
     ("detector", "min_face"): (_at_least(1), ">= 1"),
@@ -355,10 +386,17 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("mqtt", "base_topic"): (lambda v: re.fullmatch(r"[^#+\s]+", v) is not None and not v.endswith("/"),
                              "a topic without #, +, spaces or a trailing /"),
     ("http", "port"): (_port(0), "a TCP port (0-65535, 0 = any free port)"),
+    ("http", "bind"): (_host_or_ip, "an IP address or a host name"),
+    ("http", "workers"): (lambda v: 4 <= v <= 256, "between 4 and 256"),
+    ("http", "allowed_hosts"): (lambda v: all(_host_or_ip(h.strip()) for h in v.split(",") if h.strip()),
+                                "comma-separated host names"),
 }
 
 
 # ---- loading ---------------------------------------------------------------------------
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CAMERAS = 16
 
 def load(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> Config:
     """Read, check and return the configuration; ``None`` means defaults only."""
@@ -374,10 +412,14 @@ def load(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None =
             raise ConfigError(f"config file not found: {p}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read config file {p}: {e}") from None
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: {len(text):,} characters; a config file is at most {MAX_CONFIG_BYTES:,}")
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: invalid TOML: {e}") from None
+        except RecursionError:  # tomllib recurses once per nesting level: [[[[...]]]] exhausts the stack
+            raise ConfigError(f"{p}: invalid TOML: values nested too deeply") from None
     cfg = from_dict(data, text=text, where=where)
     cfg.source_path = None if path is None else str(path)
     if path is not None:
@@ -493,7 +535,9 @@ def _coerce(value: Any, hint: Any, name: str, where: str) -> Any:
             return value
     else:  # pragma: no cover - only scalar fields exist
         return value
-    raise ConfigError(f"{where}: {name} must be {_type_name(base)}, got {type(value).__name__} {value!r}")
+    shown = _show(value, name)
+    got = shown if shown.startswith("<") else f"{type(value).__name__} {shown}"
+    raise ConfigError(f"{where}: {name} must be {_type_name(base)}, got {got}")
 
 
 def _type_name(t: type) -> str:

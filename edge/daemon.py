@@ -24,6 +24,7 @@ import numpy as np
 from edge import __version__
 from edge import config as cfgmod
 from edge.config import CameraConfig, Config, ConfigError
+from edge.errors import EdgeError, one_line
 from edge.identity import node_id
 from edge.metrics import DaemonMetrics
 from edge.notify import Notifier
@@ -46,6 +47,7 @@ class CameraState:
     tracker: Tracker
     pipeline: Any
     thread: threading.Thread | None = None
+    crashed: str | None = None  # why its loop died, when it did not simply end
     frames: int = 0
     corrupt: int = 0
     errors: int = 0
@@ -220,9 +222,10 @@ class Daemon:
                 self._fanout("frame", name, record)
                 if self.http is not None and self.http.keeps_frames:
                     self.http.set_frame(name, frame.image)
-        except Exception:
-            log.exception("camera %s loop crashed", name)  # a bug; the watchdog will notice
-            raise
+        except Exception as e:
+            cam.crashed = one_line(e)
+            # A bug, or a thread that could not start: logged with its traceback; run() then exits 1.
+            log.exception("camera %s loop crashed", name)
         finally:
             frames.close()
             if not cam.feed.close(timeout=1.0):
@@ -383,7 +386,8 @@ class Daemon:
         self.stop_event.set()
 
     def run(self, *, install_signals: bool = True, max_seconds: float | None = None) -> int:
-        """Start everything, supervise until stopped (or every finite source ended), return 0."""
+        """Start everything, supervise until stopped (or every finite source ended); 0, or 1 when a
+        camera loop crashed (systemd's Restart=on-failure then restarts the service)."""
         if install_signals:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
@@ -395,13 +399,19 @@ class Daemon:
         for cam in self.cameras.values():
             cam.thread = threading.Thread(target=self._camera_loop, args=(cam,), name=f"cam-{cam.cfg.name}",
                                           daemon=True)
-            cam.thread.start()
+            try:
+                cam.thread.start()
+            except RuntimeError as e:  # "can't start new thread": at the unit's TasksMax
+                self.shutdown()
+                raise EdgeError(f"camera {cam.cfg.name}: cannot start its thread ({e}); too many threads "
+                                "(TasksMax?)") from None
         d = self.cfg.daemon
         wd = self.notifier.watchdog_interval()
         if wd:
             wd = min(wd, 5.0)
         last_ping = last_status = 0.0
         last_stats = time.monotonic()
+        status = 0
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         try:
             while not self.stop_event.is_set():
@@ -428,12 +438,19 @@ class Daemon:
                     last_stats = now
                 if all(c.feed.ended or (c.thread is not None and not c.thread.is_alive())
                        for c in self.cameras.values()):
-                    log.info("all sources ended")
+                    crashed = {n: c.crashed for n, c in self.cameras.items() if c.crashed}
+                    if crashed:
+                        # A failure, not an end: exit non-zero so Restart=on-failure restarts the service.
+                        log.error("camera loop crashed (%s); exiting with status 1",
+                                  "; ".join(f"{n}: {why}" for n, why in crashed.items()))
+                        status = 1
+                    else:
+                        log.info("all sources ended")
                     break
                 self.stop_event.wait(0.1)
         finally:
             self.shutdown()
-        return 0
+        return status
 
     def shutdown(self) -> None:
         t0 = time.monotonic()

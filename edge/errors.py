@@ -13,6 +13,13 @@ class FeredgeError(Exception):
     exit_code = 2
 
 
+class InternalError(FeredgeError):
+    """A bug (ours or a library's) met inside an isolated job: one line and exit status 3, so a
+    script can tell it from bad input (2); ``-v`` shows the traceback."""
+
+    exit_code = 3
+
+
 class EdgeError(FeredgeError):
     """A problem on the device side: model, contract, camera, config."""
 

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from edge.contract import FER2013_LABELS
-from export.errors import ExportError
+from export.errors import ExportError, NoTestPart
 from export.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ def read_heldout(path: str | os.PathLike[str], calibration: ImageSet, *, n: int 
     from the calibration sample (so the report never scores the data the scales were fit on)."""
     try:
         test = read_source(path, "test", usage=usage, progress=False)
-    except ExportError:
+    except NoTestPart:
         test = None
     if test is not None:
         if n is not None and n < len(test.ids):
@@ -312,7 +312,7 @@ def _read_dir(p: Path, part: str) -> ImageSet:
             break
     has_split = any((p / n).is_dir() for n in ("train", "training", "Training", "test", "val", "PublicTest"))
     if split_dir is None and (part == "test" or has_split):
-        raise ExportError(f"{p} has no {part}/ part")
+        raise (NoTestPart if part == "test" else ExportError)(f"{p} has no {part}/ part")
     root = split_dir or p
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     class_files = [(d.name, _list_images(d, recursive=True)) for d in class_dirs]
@@ -370,10 +370,10 @@ def _read_csv(p: Path, part: str, usage: str | None, progress: bool) -> ImageSet
             want = "PrivateTest" if usage == "PublicTest" else _CSV_PART["test"]
         if want not in usages:
             if part == "test":
-                raise ExportError(f"{p} has no {want} rows")
+                raise NoTestPart(f"{p} has no {want} rows")
             raise ExportError(f"calibration CSV {p} has no Usage {want!r} rows (it has: {', '.join(usages)})")
     elif part == "test":
-        raise ExportError(f"{p} has no Usage column, so no test part")
+        raise NoTestPart(f"{p} has no Usage column, so no test part")
     sel = [i for i, r in enumerate(rows) if len(r) > pi and (want is None or r[ui].strip() == want)]
     pixels = [rows[i][pi] for i in sel]
     labels = None
@@ -417,7 +417,7 @@ def _read_arrays(p: Path, part: str) -> ImageSet:
     names: list[str] = []
     if isinstance(obj, np.ndarray):
         if part == "test":
-            raise ExportError(f"{p} has no test part")
+            raise NoTestPart(f"{p} has no test part")
         x, y = obj, None
     else:
         with obj:
@@ -429,7 +429,7 @@ def _read_arrays(p: Path, part: str) -> ImageSet:
                 xk = next((k for k in x_keys if k in keys), None)
             if xk is None:
                 if part == "test":
-                    raise ExportError(f"{p} has no test arrays")
+                    raise NoTestPart(f"{p} has no test arrays")
                 raise ExportError(f"{p} has no image array (keys: {', '.join(sorted(keys))}; expected x or x_train)")
             yk = next((k for k in y_keys if k in keys), None)
             x = obj[xk]

@@ -108,7 +108,8 @@ def compile_model(tflite: Path, out_dir: Path, result: EdgeTPUCheck, *, name: st
             "edgetpu_compiler is not installed here. On an x86-64 Debian/Ubuntu workstation add the Coral apt "
             "repository (coral.ai/docs/edgetpu/compiler), `sudo apt-get install edgetpu-compiler`, then run: "
             f"edgetpu_compiler -s -o {shown.parent} {shown} && mv {produced} {shown.parent / compiled_name(name)} "
-            f"-- and copy {compiled_name(name)} with {name}.json to the Pi (feredge classify/run --device usb)."
+            f"-- and copy {compiled_name(name)} with {name}.json to the Pi (`feredge classify --device coral`; "
+            "for `feredge run`, device = \"coral\" under [model])."
         )
         return result
     try:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.errors import FeredgeError, one_line
+from edge.errors import FeredgeError, InternalError, one_line
 from edge.fsutil import STAGING_PREFIX
 from export.errors import ExportError
 
@@ -122,7 +122,8 @@ def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], verbose: bo
         conn.send(("interrupted",))
     except Exception as e:  # a bug of ours: one line here, the traceback under -v
         log.debug("%s", traceback.format_exc())
-        conn.send(("error", ExportError(f"internal error: {one_line(e)} (run with -v for the traceback)")))
+        conn.send(("error", InternalError(f"internal error, a bug rather than bad input: {one_line(e)} (run with -v "
+                                          "for the traceback, and please report it)")))
     else:
         conn.send(("ok", result))
     finally:

@@ -2,8 +2,10 @@
 ``/api/stats``, ``/api/timeline``, the live feed ``/api/events`` and, only when switched on,
 ``/snapshot/<camera>.jpg`` and ``/mjpeg/<camera>``.
 
-The standard library's ``ThreadingHTTPServer`` is enough for a scraper and a browser, and
-adds nothing to install. It listens on 127.0.0.1 by default; the configuration refuses any
+The server (:mod:`edge.sinks.httpserver`) is the standard library's request handler on a
+selector that reads headers without a thread and a fixed pool of workers: idle or slow clients
+cannot exhaust the unit's task limit. It listens on 127.0.0.1 by default, answers only requests
+whose ``Host`` names it (DNS rebinding); the configuration refuses any
 other address without a token (``Authorization: Bearer TOKEN`` or ``?token=TOKEN``). Only
 ``/healthz`` and the status page's static files (``edge/web/``: no data in them) answer without
 the token: health reveals nothing but up/down, and health checkers rarely send headers. Clients
@@ -25,11 +27,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
@@ -38,6 +40,7 @@ from edge.config import HttpConfig
 from edge.errors import EdgeError
 from edge.metrics import CONTENT_TYPE, DaemonMetrics
 from edge.sinks import Sink
+from edge.sinks.httpserver import HEADER_TIMEOUT, BoundedHTTPServer, host_allowed, prefixed_reader
 from edge.sources.spec import redact_text
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,7 @@ PAGE_HEADERS = {
 }
 EVENTS_INTERVAL = 0.3  # seconds between stats documents to one live client (~3 a second)
 TIMELINE_INTERVAL = 5.0  # the timeline changes once a minute at most; sent on connect and every 5 s
-MAX_LIVE_CLIENTS = 8  # live streams (events + MJPEG) at once: each is a thread and a socket
+MAX_LIVE_CLIENTS = 8  # live streams (events + MJPEG) at once: each holds a worker thread and a socket
 SEND_TIMEOUT = 10.0  # a live client that stops reading for this long is dropped
 STATS_MAX_AGE = 0.2  # live clients share one stats document this fresh
 
@@ -77,7 +80,7 @@ class HttpSink(Sink):
         self.keeps_frames = config.snapshots or config.mjpeg
         self._frames: dict[str, tuple[int, np.ndarray]] = {}
         self._frames_cond = threading.Condition()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: BoundedHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._live: set[socket.socket] = set()
@@ -86,6 +89,9 @@ class HttpSink(Sink):
         self._stats_lock = threading.Lock()
         self.web = load_web()
         self.port = config.port
+        self.allowed_hosts = [h.strip() for h in config.allowed_hosts.split(",") if h.strip()]
+        # live streams leave at least 4 workers to the API, /healthz and /metrics
+        self.max_live = max(1, min(MAX_LIVE_CLIENTS, config.workers - 4))
 
     def start(self) -> None:
         sink = self
@@ -94,11 +100,11 @@ class HttpSink(Sink):
             owner = sink
 
         try:
-            server = ThreadingHTTPServer((self.cfg.bind, self.cfg.port), Handler)
+            server = BoundedHTTPServer((self.cfg.bind, self.cfg.port), Handler, self.cfg.workers)
         except OSError as e:
             raise EdgeError(f"cannot listen on http {self.cfg.bind}:{self.cfg.port}: {e.strerror or e}") from None
-        server.daemon_threads = True
         self._server = server
+
         self.port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="http", daemon=True)
@@ -127,7 +133,7 @@ class HttpSink(Sink):
     def enter_live(self, sock: socket.socket) -> bool:
         """Count a live stream in; False when :data:`MAX_LIVE_CLIENTS` are already streaming."""
         with self._live_cond:
-            if len(self._live) >= MAX_LIVE_CLIENTS or self._stopping.is_set():
+            if len(self._live) >= self.max_live or self._stopping.is_set():
                 return False
             self._live.add(sock)
             return True
@@ -136,6 +142,9 @@ class HttpSink(Sink):
         with self._live_cond:
             self._live.discard(sock)
             self._live_cond.notify_all()
+
+    def busy_workers(self) -> int:
+        return self._server.busy_workers() if self._server is not None else 0
 
     def live_clients(self) -> int:
         with self._live_cond:
@@ -185,12 +194,30 @@ def sse(event: str, data: Any) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     owner: HttpSink
+    server: BoundedHTTPServer
     server_version = "feredge"
     protocol_version = "HTTP/1.1"
+    timeout = HEADER_TIMEOUT  # per read; the reaper bounds a whole request's headers too
+
+    def __init__(self, request: Any, client_address: Any, server: Any, prefix: bytes = b"") -> None:
+        self._prefix = prefix  # what the server's selector already read: the request line and headers
+        super().__init__(request, client_address, server)
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = prefixed_reader(self._prefix, self.connection)
+
+    def handle(self) -> None:
+        # One request per connection: an idle keep-alive client must not hold a worker thread.
+        self.close_connection = True
+        self.handle_one_request()
+
+    def version_string(self) -> str:
+        return self.server_version  # no Python version in the Server header
 
     def log_message(self, format: str, *args: Any) -> None:
-        # The request line may carry ?token=…: logged redacted, never as sent.
-        log.debug("HTTP %s %s", self.client_address[0], redact_text(format % args))
+        # The request line may carry ?token=…, also spelt %74oken=…: decoded, then redacted.
+        log.debug("HTTP %s %s", self.client_address[0], redact_text(unquote(format % args)))
 
     def _send(self, code: int, body: bytes | str, ctype: str = "application/json",
               headers: dict[str, str] | None = None) -> None:
@@ -214,7 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         given = ""
         auth = self.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
+        if auth[:7].lower() == "bearer ":  # the scheme is case-insensitive (RFC 9110)
             given = auth[7:].strip()
         elif "token" in query:
             given = query["token"][0]
@@ -228,7 +255,11 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = url.path.rstrip("/") or "/", parse_qs(url.query)
         o = self.owner
         try:
-            if path == "/healthz":
+            if not host_allowed(self.headers.get("Host"), o.cfg.bind, o.allowed_hosts):
+                self.close_connection = True
+                self._json(403, {"error": "the Host header does not name this server (DNS rebinding?); "
+                                          "add the name to http.allowed_hosts"})
+            elif path == "/healthz":
                 # Unauthenticated, so up/down only: camera names and reasons are in /api/stats.
                 ok, _detail = o.health_fn()
                 self._json(200 if ok else 503, {"status": "ok" if ok else "degraded"})
@@ -279,7 +310,8 @@ class _Handler(BaseHTTPRequestHandler):
         streamed by ``body`` until the client or the daemon goes, then counted out."""
         o = self.owner
         if not o.enter_live(self.connection):
-            self._json(503, {"error": f"too many live clients (at most {MAX_LIVE_CLIENTS})"}, {"Retry-After": "5"})
+            self.close_connection = True  # a refused stream gives its connection and thread back
+            self._json(503, {"error": f"too many live clients (at most {o.max_live})"}, {"Retry-After": "5"})
             return
         try:
             self._start_stream(ctype)

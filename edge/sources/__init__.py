@@ -72,6 +72,10 @@ def open_source(spec: str | int | os.PathLike[str]) -> FrameSource:
     p = Path(spec)
     if not p.exists():
         raise EdgeError(f"input not found: {p}")
+    if not (p.is_file() or p.is_dir()):
+        # A FIFO blocks in open() forever, and OpenCV then retries with another backend
+        raise EdgeError(f"input {p} is not a regular file or a folder (a pipe, socket or device); "
+                        "cameras are given as /dev/videoN or a URL")
     if kind == "images":
         from edge.sources.images import ImageSource
 

@@ -19,6 +19,7 @@ systemd watchdog should see as a stall.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -327,7 +328,12 @@ class CameraFeed:
         q: queue.Queue[Any] = queue.Queue(maxsize=1 if self.live else 4)
         abandon = threading.Event()
         reader = threading.Thread(target=self._reader, args=(src, q, abandon), name=f"read-{self.name}", daemon=True)
-        reader.start()
+        try:
+            reader.start()
+        except RuntimeError as e:  # "can't start new thread" (TasksMax reached): offline, retried with backoff
+            with contextlib.suppress(Exception):
+                src.close()
+            return False, f"cannot start a reader thread: {_short(e)}", 0
         self._reader_thread, self._abandon = reader, abandon
         reason, finished, got = "source ended", False, 0
         last = time.monotonic()
