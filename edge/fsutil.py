@@ -72,7 +72,9 @@ def staging_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
     :func:`publish` and the folder is removed whatever happens, so a failed run leaves nothing."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    # The PID in the name: a parent cleaning up after its killed child removes that child's folder
+    # only, never a concurrent export's into the same folder.
+    stage = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     try:
         yield stage
     finally:

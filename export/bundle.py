@@ -165,10 +165,19 @@ def bundled_config(config: str | os.PathLike[str] | None) -> str:
 
 # ---- wheels -----------------------------------------------------------------------------------
 
+PIP_TIMEOUT = 60  # seconds pip waits on one connection (its --timeout)
+PIP_WALL = 1800  # seconds one pip call may take in all: a stalled index must not hang the build
+
+
 def _pip(args: list[str], what: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "--no-input"]
+    cmd = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check", "--no-input",
+           "--timeout", str(PIP_TIMEOUT)]
     log.debug("running %s", " ".join(cmd))
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_WALL)
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"pip {what} took more than {PIP_WALL} s (a stalled package index?); nothing was "
+                          "written") from None
     if r.returncode != 0:
         log.debug("pip %s failed:\n%s", what, r.stderr)
     return r

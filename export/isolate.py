@@ -24,7 +24,7 @@ import shutil
 import signal
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ _conn: Any = None  # the child's end of the pipe to the parent; None in-process
 def phase(key: str, what: str, artifact: str | None = None) -> None:
     """Mark the start of a phase that may crash in native code (a no-op outside a child)."""
     if _conn is not None:
-        _conn.send(("phase", key, what, artifact))
+        _send(_conn, ("phase", key, what, artifact))
     if os.environ.get("FEREDGE_FAULT_PHASE") == key:
         log.debug("FEREDGE_FAULT_PHASE=%s: simulating a native crash", key)
         os.kill(os.getpid(), signal.SIGSEGV)
@@ -79,8 +79,9 @@ def run_isolated(fn: Callable[..., Any], *args: Any, job: str, out_dir: str | os
                 outcome = msg
         child.join()
     except BaseException:  # Ctrl-C or SIGTERM here: stop the child the same way, let it clean up
-        _stop(child)
-        _clean(out, existed, before)
+        with _signals_held():  # a second SIGTERM or Ctrl-C must not cut the clean-up short
+            _stop(child)
+            _clean(out, existed, before, child.pid)
         raise
     if outcome is not None and outcome[0] == "ok":
         return outcome[1]
@@ -88,7 +89,7 @@ def run_isolated(fn: Callable[..., Any], *args: Any, job: str, out_dir: str | os
         raise outcome[1]
     if outcome is not None and outcome[0] == "interrupted":
         raise KeyboardInterrupt
-    _clean(out, existed, before)
+    _clean(out, existed, before, child.pid)
     raise ExportError(_crash_message(job, child.exitcode, last, out))
 
 
@@ -117,17 +118,38 @@ def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], verbose: bo
     try:
         result = fn(*args)
     except FeredgeError as e:
-        conn.send(("error", e))
+        _send(conn, ("error", e))
     except KeyboardInterrupt:
-        conn.send(("interrupted",))
+        _send(conn, ("interrupted",))
     except Exception as e:  # a bug of ours: one line here, the traceback under -v
         log.debug("%s", traceback.format_exc())
-        conn.send(("error", InternalError(f"internal error, a bug rather than bad input: {one_line(e)} (run with -v "
-                                          "for the traceback, and please report it)")))
+        _send(conn, ("error", InternalError(f"internal error, a bug rather than bad input: {one_line(e)} (run with "
+                                            "-v for the traceback, and please report it)")))
     else:
-        conn.send(("ok", result))
+        _send(conn, ("ok", result))
     finally:
-        conn.close()
+        with contextlib.suppress(OSError):
+            conn.close()
+
+
+def _send(conn: Any, msg: tuple[Any, ...]) -> None:
+    """To the parent; a parent that is gone (stopped, cleaning up) is no error of the child's."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError, OSError):
+        conn.send(msg)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT ignored for the duration (main thread only), then restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
 
 
 def _stop(child: Any) -> None:
@@ -146,12 +168,14 @@ def _staging_dirs(out: Path | None) -> set[Path]:
     return {p for p in out.iterdir() if p.name.startswith(STAGING_PREFIX)}
 
 
-def _clean(out: Path | None, existed: bool, before: set[Path]) -> None:
-    """What a killed child could not remove itself: its staging folder, and ``out`` if it made it."""
+def _clean(out: Path | None, existed: bool, before: set[Path], pid: int | None) -> None:
+    """What a killed child could not remove itself: its own staging folder (named with its PID;
+    a concurrent export's is left alone), and ``out`` if it made it."""
     if out is None:
         return
     for p in _staging_dirs(out) - before:
-        shutil.rmtree(p, ignore_errors=True)
+        if p.name.startswith(f"{STAGING_PREFIX}{pid}-"):
+            shutil.rmtree(p, ignore_errors=True)
     if not existed:
         with contextlib.suppress(OSError):
             out.rmdir()  # only if empty

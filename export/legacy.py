@@ -542,6 +542,9 @@ def build_from_config(cfg: dict[str, Any], *, trust_model: bool) -> Any:
         model = keras.saving.deserialize_keras_object(cfg, custom_objects=custom, safe_mode=not trust_model)
     except ExportError:
         raise
+    except RecursionError:  # a very long chain of layers: name the real cause, do not try tf_keras too
+        raise ExportError(f"Keras cannot build this architecture: its graph of {len(list(layer_nodes(cfg)))} layers "
+                          "nests deeper than Python's recursion limit (RecursionError)") from None
     except Exception as e:  # Keras raises many types for bad configs
         raise Keras3CannotBuild(f"Keras 3 cannot build the architecture: {one_line(e)}") from None
     if not isinstance(model, keras.Model):

@@ -272,11 +272,14 @@ def main() -> int:
     if os.geteuid() != 0:
         print("verify-boot: error: needs root (mmdebstrap, binfmt_misc, mke2fs -d keeping owners)", file=sys.stderr)
         return 2
-    for tool in ("mmdebstrap", "mke2fs", "mkfs.fat", "mcopy"):
-        if shutil.which(tool) is None:
-            print(f"verify-boot: error: {tool} not found (apt install mmdebstrap e2fsprogs dosfstools mtools)",
-                  file=sys.stderr)
-            return 2
+    # every host tool, with its Debian package: mmdebstrap's foreign-architecture check itself needs
+    # /usr/bin/qemu-aarch64-static and arch-test (the guest's own qemu comes from the Trixie root)
+    needed = {"mmdebstrap": "mmdebstrap", "mke2fs": "e2fsprogs", "mkfs.fat": "dosfstools", "mcopy": "mtools",
+              "qemu-aarch64-static": "qemu-user-static", "arch-test": "arch-test"}
+    missing = sorted({pkg for tool, pkg in needed.items() if shutil.which(tool) is None})
+    if missing:
+        print(f"verify-boot: error: missing host tools; apt-get install {' '.join(missing)}", file=sys.stderr)
+        return 2
     sys.path.insert(0, str(ROOT))
     CACHE.mkdir(parents=True, exist_ok=True)
     run_dir = CACHE / "run"

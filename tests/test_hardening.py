@@ -368,3 +368,67 @@ def test_architecture_with_a_keras_file_is_refused(tmp_path, capsys):
     rc = main(["export", str(tmp_path / "m.keras"), "--architecture", "arch.json", "--calibration",
                str(tmp_path / "cal"), "--out", str(tmp_path / "o"), "--quiet"])
     assert rc == 2 and "--architecture is for weights-only" in capsys.readouterr().err
+
+
+def test_h5_with_ten_thousand_layers_fails_fast_naming_the_cause(tmp_path, capsys):
+    import h5py
+
+    from edge.cli import main
+
+    layers = [{"class_name": "InputLayer", "config": {"name": "in", "batch_input_shape": [None, 48, 48, 1],
+                                                      "dtype": "float32"}}]
+    layers += [{"class_name": "Activation", "config": {"name": f"a{i}", "trainable": True, "activation": "linear"}}
+               for i in range(10_000)]
+    p = tmp_path / "chain.h5"
+    with h5py.File(p, "w") as f:
+        f.attrs["keras_version"] = "2.4.0"
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {"name": "s", "layers": layers}})
+        f.create_group("model_weights")
+    cal = tmp_path / "cal" / "happy"
+    cal.mkdir(parents=True)
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(cal / "a.png"), np.zeros((48, 48), np.uint8))
+    t = time.perf_counter()
+    assert main(["export", str(p), "--calibration", str(tmp_path / "cal"), "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "10,000 layers" in err and "dtype" not in err and time.perf_counter() - t < 20
+
+
+def test_two_sigterms_during_export_leave_no_traceback_and_no_files(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import cv2
+    import keras
+    import numpy as np
+
+    m = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+                          keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(7, activation="softmax")])
+    m.save(tmp_path / "m.keras")
+    cal = tmp_path / "cal" / "happy"
+    cal.mkdir(parents=True)
+    for i in range(60):
+        cv2.imwrite(str(cal / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (48, 48), np.uint8))
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "export", str(tmp_path / "m.keras"), "--calibration",
+                             str(tmp_path / "cal"), "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(p.name.startswith(".feredge-staging-") for p in out.iterdir()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # impatient: a second one while the child is being stopped
+    _, err = proc.communicate(timeout=120)
+    # 143 from the CLI, or -15 when the second signal lands after the clean-up, as the process exits
+    assert proc.returncode in (128 + signal.SIGTERM, -signal.SIGTERM), err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

@@ -15,6 +15,7 @@ from export.legacy import (
     assign_weights,
     build_from_config,
     is_channels_first,
+    layer_nodes,
     read_h5_weights,
     translate_model_config,
 )
@@ -71,6 +72,9 @@ def _load_h5_open(h5: Any, src: Path, architecture: str | None, keras1_theano: b
                       "(no model_config or layer_names attribute)")
 
 
+MAX_LAYERS = 5000
+
+
 def _full_model(h5: Any, ask: _Ask) -> tuple[Any, str]:
     """``model.save("x.h5")`` of Keras 2.x / tf.keras: the config, translated, and its weights."""
     attrs, src, repairs = h5.attrs, ask.src, ask.repairs
@@ -78,6 +82,10 @@ def _full_model(h5: Any, ask: _Ask) -> tuple[Any, str]:
     if "training_config" in attrs:
         repairs.note("training config (optimizer, loss) ignored: loaded for inference, never compiled")
     cfg = json_attr(attrs["model_config"], src)
+    n_layers = sum(1 for n in layer_nodes(cfg) if isinstance(n.get("config"), dict) and "trainable" in n["config"])
+    if n_layers > MAX_LAYERS:  # fail in a second, not after 30 s of Keras recursing
+        raise ExportError(f"{src.name} declares {n_layers:,} layers, more than the {MAX_LAYERS:,} feredge builds "
+                          "(a face classifier has tens to hundreds)")
     weights_group = h5["model_weights"] if "model_weights" in h5 else h5
     weights = read_h5_weights(weights_group)
     keras1 = keras1_options(attrs, weights, ask.keras1_theano)
