@@ -18,7 +18,7 @@ import io
 import json
 import os
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,16 @@ class InputSpec:
     resize: str = "linear"
     normalize: Normalize = field(default_factory=Normalize)
     face_margin: float = 0.0
+    # The desktop model's own normalisation where the export folded it into the artifacts'
+    # graphs: the device then feeds raw pixel codes (``normalize`` is scale 1, offset 0, and an
+    # int8 input is exactly q = p - 128), while the Keras reference still wants ``folded``.
+    folded: Normalize | None = None
+
+    def desktop(self) -> InputSpec:
+        """How the desktop (Keras) model wants its faces: the folded normalisation unfolded."""
+        if self.folded is None:
+            return self
+        return replace(self, normalize=self.folded, folded=None)
 
 
 @dataclass
@@ -122,6 +132,9 @@ class Contract:
             raise ContractError(f"contract colour {i.color!r} does not fit {i.channels} channel(s)")
         if i.resize not in RESIZES:
             raise ContractError(f"contract resize {i.resize!r} is not one of {', '.join(RESIZES)}")
+        if i.folded is not None and (i.normalize.scale, i.normalize.offset) != (1.0, 0.0):
+            raise ContractError(f"contract input folds normalisation {i.folded} into the graph, so it must take raw "
+                                f"pixels (normalize scale 1, offset 0), not {i.normalize}")
         if self.output.activation not in ACTIVATIONS:
             raise ContractError(f"contract output activation {self.output.activation!r} is unknown")
         if not self.output.temperature > 0:
@@ -144,6 +157,8 @@ class Contract:
         try:
             inp = dict(d.get("input", {}))
             inp["normalize"] = Normalize(**inp.get("normalize", {}))
+            if inp.get("folded") is not None:
+                inp["folded"] = Normalize(**inp["folded"])
             quant = {
                 art: {k: QuantParams(**v) for k, v in io_q.items()}
                 for art, io_q in (d.get("quantization") or {}).items()

@@ -241,7 +241,7 @@ class _Phases:
 
 # ---- the export ---------------------------------------------------------------------------
 
-ONNX_CALIBRATIONS = ("minmax", "percentile", "entropy")
+ONNX_CALIBRATIONS = ("auto", "minmax", "percentile", "entropy")
 
 
 @dataclass
@@ -268,7 +268,9 @@ class ExportOptions:
     trust_model: bool = False
     progress: bool = True
     eval_samples: int | None = None
-    onnx_calibration: str = "minmax"
+    onnx_calibration: str = "auto"
+    selection_samples: int = 1000
+    fold: bool = True
     # parsed by validate()
     label_list: list[str] | None = field(default=None, init=False)
     norm: tuple[float, float] | None = field(default=None, init=False)
@@ -276,6 +278,8 @@ class ExportOptions:
     def validate(self) -> ExportOptions:
         if self.samples <= 0:
             raise ExportError(f"--samples must be positive, got {self.samples}")
+        if self.selection_samples < 0:
+            raise ExportError(f"--selection-samples must be 0 or more, got {self.selection_samples}")
         if self.eval_samples is not None and self.eval_samples <= 0:
             raise ExportError(f"--eval-samples must be positive, got {self.eval_samples}")
         if self.onnx_calibration not in ONNX_CALIBRATIONS:
@@ -315,11 +319,17 @@ class _Loaded:
 
 @dataclass
 class _Sets:
+    """Faces prepared for the device (``x_*``) and for the desktop model (``x_*_ref``: differs
+    only when the normalisation is folded into the artifacts)."""
+
     calib: cal.ImageSet
     x_cal: Any
     held: cal.ImageSet
     x_held: Any
+    x_held_ref: Any
     y_held: Any
+    x_sel: Any = None  # selection faces: held out from calibration, never the test part
+    x_sel_ref: Any = None
 
 
 def export_model(model: str | os.PathLike[str], options: ExportOptions | None = None, **kwargs: Any) -> ExportResult:
@@ -354,7 +364,7 @@ def _export(run: _Run, model: Any, source: cal.ImageSet, out: Path) -> ExportRes
     sets = _sets_phase(run, source, contract)
     _provenance(run, contract, loaded.lm, sets.calib)
     with staging_dir(out) as stage:
-        conv = _convert_phase(run, loaded, contract, sets.x_cal, stage, out)
+        conv = _convert_phase(run, loaded, contract, sets, stage, out)
         artifacts = _score_phase(run, loaded.view, contract, conv, sets)
         report = _report_phase(run, loaded, contract, conv, artifacts, source, sets, stage)
         files = {f: out / f for f in conv["kinds"] if (stage / f).exists()}
@@ -408,8 +418,8 @@ def _normalization(run: _Run, loaded: _Loaded) -> tuple[float, float]:
     hint = loaded.lm.contract_hint
     if run.opts.norm is not None:
         return run.opts.norm
-    if hint is not None:
-        return hint.input.normalize.scale, hint.input.normalize.offset
+    if hint is not None:  # a previous export that folded it: the model still wants its own
+        return hint.input.desktop().normalize.scale, hint.input.desktop().normalize.offset
     if getattr(loaded.lm, "normalize_hint", None):
         # The model rescales its own input (e.g. a stored preprocess_input): it wants 0-255 pixels.
         run.warn(f"no --normalize given: the model rescales its own input, so using {loaded.lm.normalize_hint}")
@@ -427,9 +437,13 @@ def _contract_phase(run: _Run, loaded: _Loaded) -> Contract:
     if c == 1 and o.color not in (None, "gray"):
         run.warn(f"--color {o.color} ignored: the model takes 1 channel (grey)")
     margin = o.face_margin if o.face_margin is not None else (hint_in.face_margin if hint_in else 0.0)
+    model_norm = Normalize(float(norm[0]), float(norm[1]))
+    # Folded: the artifacts take raw pixel codes and do the normalisation as their first op.
+    fold = o.fold and (model_norm.scale, model_norm.offset) != (1.0, 0.0)
     spec = InputSpec(height=h, width=w, channels=c, color=col,
                      resize=o.resize or (hint_in.resize if hint_in else "linear"),
-                     normalize=Normalize(float(norm[0]), float(norm[1])), face_margin=float(margin))
+                     normalize=Normalize(1.0, 0.0) if fold else model_norm, face_margin=float(margin),
+                     folded=model_norm if fold else None)
     stem = Path(loaded.lm.source).name
     for ext in (".keras", ".hdf5", ".h5"):
         stem = stem.removesuffix(ext)
@@ -439,23 +453,49 @@ def _contract_phase(run: _Run, loaded: _Loaded) -> Contract:
 
 
 def _sets_phase(run: _Run, source: cal.ImageSet, contract: Contract) -> _Sets:
-    """The calibration sample and the held-out faces, prepared by :mod:`edge.preprocess`."""
+    """The calibration sample, the selection faces and the held-out faces, prepared by
+    :mod:`edge.preprocess`."""
     o, ph = run.opts, run.ph
+    dev, desk = contract.input, contract.input.desktop()
     ph.start(f"sampling {o.samples} calibration faces")
     calib = source.sample(o.samples, o.seed, progress=o.progress)
-    x_cal = prepare_batch(calib.images, contract.input)
+    x_cal = prepare_batch(calib.images, dev)
     ph.done("calibration_data")
     held = cal.read_heldout(o.calibration, calib, n=o.eval_samples, seed=o.seed, usage=o.usage, source=source,
                             progress=o.progress)
     if held is calib:
-        run.warnings.append("no held-out images: agreement is measured on the calibration sample")
-    x_held = prepare_batch(held.images, contract.input)
+        run.warn("no held-out images: agreement is measured on the calibration sample")
+    x_held = prepare_batch(held.images, dev)
+    sets = _Sets(calib, x_cal, held, x_held, prepare_batch(held.images, desk) if dev.folded else x_held,
+                 held.labels_for(contract.labels))
     ph.done("heldout_data")
     if len(calib) < o.samples:
         run.warn(f"calibration used {len(calib)} images (fewer than --samples {o.samples})")
     if calib.skipped or source.skipped:
         run.warn(f"{calib.skipped + source.skipped} unreadable calibration image(s) skipped")
-    return _Sets(calib, x_cal, held, x_held, held.labels_for(contract.labels))
+    if o.selection_samples:
+        _selection_faces(run, source, sets, contract)
+    return sets
+
+
+MIN_SELECTION = 50
+
+
+def _selection_faces(run: _Run, source: cal.ImageSet, sets: _Sets, contract: Contract) -> None:
+    """Faces from the calibration source that neither calibrate nor measure the export."""
+    o = run.opts
+    used = sorted(set(sets.calib.ids) | set(sets.calib.skipped_ids) | set(sets.held.ids))
+    try:
+        sel = source.sample(o.selection_samples, o.seed + 1, exclude=used, progress=o.progress)
+    except ExportError:
+        sel = None
+    if sel is None or len(sel) < MIN_SELECTION:
+        run.warn(f"only {0 if sel is None else len(sel)} calibration-source faces left beyond the calibration "
+                 f"sample (fewer than {MIN_SELECTION}): int8 ranges are the converter's min-max, not selected")
+        return
+    sets.x_sel = prepare_batch(sel.images, contract.input)
+    sets.x_sel_ref = prepare_batch(sel.images, contract.input.desktop()) if contract.input.folded else sets.x_sel
+    run.ph.done("selection_data")
 
 
 def _provenance(run: _Run, contract: Contract, lm: Any, calib: cal.ImageSet) -> None:
@@ -474,43 +514,54 @@ def _provenance(run: _Run, contract: Contract, lm: Any, calib: cal.ImageSet) -> 
         contract.provenance["training"] = hint.provenance["training"]
 
 
-def _convert_phase(run: _Run, loaded: _Loaded, contract: Contract, x_cal: Any, stage: Path,
+def _device_view(view: Any, spec: InputSpec) -> Any:
+    """The model as the artifacts take it: raw pixel codes in, the folded normalisation as its
+    first op (the TFLite converter merges it into the first convolution's weights and bias)."""
+    if spec.folded is None:
+        return view
+    if model_steps.is_tf_keras(view):
+        import tf_keras as k
+    else:
+        import keras as k
+    h, w, c = (spec.height, spec.width, spec.channels)
+    inp = k.Input((h, w, c), name="pixels")
+    out = view(k.layers.Rescaling(spec.folded.scale, spec.folded.offset, name="folded_normalize")(inp))
+    return k.Model(inp, out, name=f"{view.name}_pixels")
+
+
+def _selection(run: _Run, loaded: _Loaded, contract: Contract, sets: _Sets) -> Any:
+    """The selection faces with the desktop model's probabilities on them (None: no selection)."""
+    from export import runners, tflite
+
+    if sets.x_sel is None:
+        return None
+    p_ref = runners.probs(runners.run_keras(loaded.view, sets.x_sel_ref), contract)
+    return tflite.Selection(sets.x_sel, p_ref, contract.output.activation)
+
+
+def _convert_phase(run: _Run, loaded: _Loaded, contract: Contract, sets: _Sets, stage: Path,
                    out: Path) -> dict[str, Any]:
     """Every target format into ``stage`` (one module each), the contract embedded in each."""
-    from export import onnxconv, tflite
+    from export import tflite
 
     ph, name, o = run.ph, contract.name, run.opts
+    device_view = _device_view(loaded.view, contract.input)
+    selection = _selection(run, loaded, contract, sets)
     f_tfl = stage / f"{name}.int8.tflite"
     ph.start("converting to int8 TFLite", "tflite_int8", f_tfl.name)
-    with progress_bar(total=len(x_cal), desc="int8 TFLite calibration", enabled=o.progress) as bar:
-        data, fb = tflite.convert_int8(loaded.view, x_cal, progress_cb=bar.update)
+    steps = len(sets.x_cal) + (tflite.SELECTION_STEPS if selection is not None else 0)
+    with progress_bar(total=steps, desc="int8 TFLite calibration and range selection", enabled=o.progress) as bar:
+        data, fb, choice = tflite.convert_int8(device_view, sets.x_cal, selection=selection,
+                                               pixel_input=contract.input.normalize.scale == 1.0
+                                               and contract.input.normalize.offset == 0.0,
+                                               progress_cb=bar.update)
     f_tfl.write_bytes(data)
     contract.quantization[f_tfl.name] = {"input": fb.quant(fb.inputs[0]), "output": fb.quant(fb.outputs[0])}
     ph.done("tflite_int8")
-    f_onnx, f_qonnx = stage / f"{name}.onnx", stage / f"{name}.int8.onnx"
-    ph.start("converting to ONNX", "onnx_fp32", f_onnx.name)
-    onnx_ops = onnxconv.convert_fp32(loaded.view, loaded.hwc, f_onnx)
-    ph.done("onnx_fp32")
-    ph.start("quantising the ONNX model to int8", "onnx_int8", f_qonnx.name)
-    with progress_bar(total=len(x_cal), desc="ONNX int8 calibration", enabled=o.progress) as bar:
-        qonnx_ops = onnxconv.quantize_int8(f_onnx, f_qonnx, x_cal, method=o.onnx_calibration,
-                                           progress_cb=bar.update)
-    f32 = QuantParams("float32", 0.0, 0)
-    # QDQ: int8 inside, float I/O; recorded so the runtime does not quantise its input.
-    contract.quantization[f_onnx.name] = {"input": f32, "output": f32}
-    contract.quantization[f_qonnx.name] = {"input": f32, "output": f32}
-    ph.done("onnx_int8")
-    # The desktop reference. A tf_keras model (Keras 3 cannot build it) is kept as Keras 2's .h5,
-    # which feredge parity loads back the same way.
-    tf_keras_model = model_steps.is_tf_keras(loaded.lm.model)
-    f_keras = stage / f"{name}.h5" if tf_keras_model else stage / f"{name}.keras"
-    try:
-        with warnings.catch_warnings():  # tf_keras calls its own .h5 "legacy": it is what Keras 2 reads
-            warnings.simplefilter("ignore", UserWarning)
-            loaded.lm.model.save(str(f_keras), **({"save_format": "h5"} if tf_keras_model else {}))
-    except Exception as e:  # a wrapped SavedModel may refuse; the export is still useful
-        run.warn(f"could not save the desktop model as {f_keras.name}: {one_line(e, 160)}")
-    ph.done("save_keras")
+    if choice.final is not None and choice.final["agreement"] < DIAGNOSE_BELOW:
+        _diagnose(run, device_view, sets, selection, choice)
+    f_onnx, f_qonnx, onnx_info = _onnx_step(run, device_view, loaded.hwc, contract, sets, selection, stage)
+    f_keras = _save_desktop(run, loaded, stage, name)
     for f in (f_tfl, f_onnx, f_qonnx):
         embed(f, contract)
     kinds = {f_tfl.name: "tflite-int8", f_onnx.name: "onnx-fp32", f_qonnx.name: "onnx-int8-qdq",
@@ -519,7 +570,85 @@ def _convert_phase(run: _Run, loaded: _Loaded, contract: Contract, x_cal: Any, s
     if etpu_res is not None and etpu_res.compiled:
         kinds[etpu_res.compiled] = "tflite-edgetpu"
     return {"scored": [f_tfl, f_onnx, f_qonnx], "kinds": kinds, "edgetpu": etpu_res,
-            "ops": {f_tfl.name: fb.op_summary(), f_onnx.name: onnx_ops, f_qonnx.name: qonnx_ops}}
+            "int8": {f_tfl.name: choice.to_dict(), f_qonnx.name: onnx_info["choice"]},
+            "ops": {f_tfl.name: fb.op_summary(), f_onnx.name: onnx_info["fp32_ops"],
+                    f_qonnx.name: onnx_info["int8_ops"]}}
+
+
+DIAGNOSE_BELOW = 0.99
+
+
+def _diagnose(run: _Run, device_view: Any, sets: _Sets, selection: Any, choice: Any) -> None:
+    """Name why the int8 TFLite falls short of 99 % on the selection faces (export.int8diag)."""
+    from export import int8diag
+
+    run.ph.start("diagnosing the int8 TFLite's disagreement", "tflite_diagnosis", "int8 TFLite")
+    with progress_bar(total=int8diag.steps(choice.calibrated), desc="int8 diagnosis (one op in float at a time)",
+                      enabled=run.opts.progress) as bar:
+        choice.diagnosis = int8diag.diagnose(device_view, choice.calibrated, sets.x_cal, selection,
+                                             progress_cb=bar.update)
+    run.warn(f"int8 TFLite agrees with the desktop model on {100 * choice.final['agreement']:.1f} % of the "
+             "selection faces (< 99 %): " + "; ".join(choice.diagnosis["findings"]))
+    run.ph.done("tflite_diagnosis")
+
+
+def _onnx_step(run: _Run, device_view: Any, hwc: tuple[int, int, int], contract: Contract, sets: _Sets,
+               selection: Any, stage: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """fp32 ONNX (normalisation folded into the first Conv where exact) and its int8 QDQ twin,
+    with the calibration method that agrees best on the selection faces when ``auto``."""
+    from export import onnxconv, runners
+
+    ph, name, o = run.ph, contract.name, run.opts
+    f_onnx, f_qonnx = stage / f"{name}.onnx", stage / f"{name}.int8.onnx"
+    ph.start("converting to ONNX", "onnx_fp32", f_onnx.name)
+    fp32_ops = onnxconv.convert_fp32(device_view, hwc, f_onnx)
+    folded = contract.input.folded is not None and onnxconv.fold_input_affine(f_onnx)
+    ph.done("onnx_fp32")
+    f32 = QuantParams("float32", 0.0, 0)
+    # QDQ: int8 inside, float I/O; recorded so the runtime does not quantise its input.
+    contract.quantization[f_onnx.name] = {"input": f32, "output": f32}
+    contract.quantization[f_qonnx.name] = {"input": f32, "output": f32}
+    methods = [o.onnx_calibration] if o.onnx_calibration != "auto" else (
+        ["minmax", "percentile"] if selection is not None else ["minmax"])
+    ph.start("quantising the ONNX model to int8", "onnx_int8", f_qonnx.name)
+    choice: dict[str, Any] = {"method": methods[0], "input_folded": folded, "scores": {}}
+    best = None
+    with progress_bar(total=len(sets.x_cal) * len(methods), desc="ONNX int8 calibration", enabled=o.progress) as bar:
+        for method in methods:
+            cand = stage / f".{name}.{method}.int8.onnx"
+            ops = onnxconv.quantize_int8(f_onnx, cand, sets.x_cal, method=method, progress_cb=bar.update)
+            if selection is not None and len(methods) > 1:
+                sc = selection.compare(runners.run_onnx(cand, contract, selection.x))
+                choice["scores"][method] = sc
+                key = (sc["mean_abs_dp"], -sc["agreement"])
+            else:
+                key = (0.0, 0.0)
+            if best is None or key < best[0]:
+                if best is not None:
+                    best[2].unlink()
+                best = (key, method, cand, ops)
+            else:
+                cand.unlink()
+    assert best is not None
+    _, choice["method"], cand, int8_ops = best
+    cand.replace(f_qonnx)
+    ph.done("onnx_int8")
+    return f_onnx, f_qonnx, {"choice": choice, "fp32_ops": fp32_ops, "int8_ops": int8_ops}
+
+
+def _save_desktop(run: _Run, loaded: _Loaded, stage: Path, name: str) -> Path:
+    """The desktop reference. A tf_keras model (Keras 3 cannot build it) is kept as Keras 2's .h5,
+    which feredge parity loads back the same way."""
+    tf_keras_model = model_steps.is_tf_keras(loaded.lm.model)
+    f_keras = stage / f"{name}.h5" if tf_keras_model else stage / f"{name}.keras"
+    try:
+        with warnings.catch_warnings():  # tf_keras calls its own .h5 "legacy": it is what Keras 2 reads
+            warnings.simplefilter("ignore", UserWarning)
+            loaded.lm.model.save(str(f_keras), **({"save_format": "h5"} if tf_keras_model else {}))
+    except Exception as e:  # a wrapped SavedModel may refuse; the export is still useful
+        run.warn(f"could not save the desktop model as {f_keras.name}: {one_line(e, 160)}")
+    run.ph.done("save_keras")
+    return f_keras
 
 
 def _edgetpu_phase(run: _Run, fb: Any, f_tfl: Path, stage: Path, out: Path, contract: Contract) -> Any:
@@ -546,7 +675,7 @@ def _score_phase(run: _Run, view: Any, contract: Contract, conv: dict[str, Any],
     from export.scoring import compare
 
     run.ph.start(f"scoring artifacts on {len(sets.x_held)} held-out faces", "evaluate_keras", "desktop model")
-    p_ref = runners.probs(runners.run_keras(view, sets.x_held), contract)
+    p_ref = runners.probs(runners.run_keras(view, sets.x_held_ref), contract)
     run.ph.done("evaluate_keras")
     artifacts: dict[str, dict[str, Any]] = {"_reference": {"accuracy": _accuracy(p_ref, sets.y_held)}}
     for f in conv["scored"]:
@@ -587,6 +716,8 @@ def _report_phase(run: _Run, loaded: _Loaded, contract: Contract, conv: dict[str
                  "sha256": contract.artifacts[fname]["sha256"]}
         if fname in conv["ops"]:
             entry["ops"] = conv["ops"][fname]
+        if fname in conv["int8"]:
+            entry["int8"] = conv["int8"][fname]
         if fname in contract.quantization:
             entry["quantization"] = {k: vars(v) for k, v in contract.quantization[fname].items()}
         artifacts[fname] = entry

@@ -33,8 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="artifact base name (default: model file stem)")
     p.add_argument("--keras1-theano", action="store_true",
                    help="Keras 1.x weights came from the Theano backend (channels-first, flipped kernels)")
-    p.add_argument("--onnx-calibration", choices=["minmax", "percentile", "entropy"], default="minmax",
-                   help="activation range method of the int8 ONNX (default minmax, as the TFLite converter)")
+    p.add_argument("--onnx-calibration", choices=["auto", "minmax", "percentile", "entropy"], default="auto",
+                   help="activation range method of the int8 ONNX (default auto: minmax or percentile, whichever "
+                        "agrees better with the desktop model on the selection faces)")
+    p.add_argument("--selection-samples", type=int, default=1000, metavar="N",
+                   help="faces held out from calibration (same source, never the test part) on which each way of "
+                        "quantising is scored and the best kept (default 1000; 0: plain min-max ranges)")
+    p.add_argument("--no-fold", dest="fold", action="store_false",
+                   help="keep the input normalisation on the device instead of folding it into the graphs "
+                        "(the int8 input then rounds normalised pixels; for comparisons)")
     p.add_argument("--eval-samples", type=int, metavar="N",
                    help="cap the held-out check at N faces (default: the whole test part)")
     p.add_argument("--edgetpu", action="store_true", help="check Edge TPU compatibility and compile if possible")
@@ -54,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         usage=args.usage, samples=args.samples, seed=args.seed, name=args.name, keras1_theano=args.keras1_theano,
         edgetpu=args.edgetpu, trust_model=args.trust_model, progress=not args.quiet,
         eval_samples=args.eval_samples, onnx_calibration=args.onnx_calibration,
+        selection_samples=args.selection_samples, fold=args.fold,
     )
     summary = run_isolated(_export_job, args.model, opts, job="export", out_dir=args.out,
                            verbose=getattr(args, "verbose", False))

@@ -30,7 +30,7 @@ from edge.errors import FeredgeError
 from edge.preprocess import prepare, probabilities
 from export import isolate
 from export import scoring as M
-from export.errors import ExportError
+from export.errors import ExportError, NoTestPart
 from export.footage import read_footage
 from export.parity_report import check_report_dir, fmt, fmt_pct, fmt_pp, write_report
 from export.progress import progress_bar
@@ -154,7 +154,8 @@ def _read_data(cfg: ParityConfig):
         else:
             try:
                 images, part = read_source(cfg.data, part="test", usage=cfg.usage, progress=False), "test"
-            except ExportError:
+            except NoTestPart as e:  # only a source without a test part; a damaged one is an error
+                log.info("%s; comparing on the whole source", e)
                 images, part = read_source(cfg.data, part="train", usage=cfg.usage, progress=False), "all"
         if cfg.samples is not None and cfg.samples < len(images.ids):
             images = images.sample(cfg.samples, cfg.seed, progress=cfg.progress)
@@ -328,11 +329,12 @@ class _Tensors:
 
     def reference_for(self, c: Candidate) -> tuple[str, np.ndarray]:
         src = self.ref_contract if self.ref_contract is not None else c.contract
-        key = _spec_key(src.input)
+        spec = src.input.desktop()  # an export that folded the normalisation: the Keras model still wants it
+        key = _spec_key(spec)
         if key not in self.ref_probs:
             model = self.inp.loaded.model
-            _check_reference_input(model, src.input, self.cfg.reference, c)
-            x_ref = self.prepared_for(src.input)
+            _check_reference_input(model, spec, self.cfg.reference, c)
+            x_ref = self.prepared_for(spec)
             t = time.perf_counter()
             isolate.phase("parity_reference", f"running the reference on {len(x_ref)} faces",
                           Path(self.cfg.reference).name)
@@ -565,7 +567,7 @@ def _footage_sections(cfg: ParityConfig, model, ref_contract: Contract | None, c
                      for fr, bs in zip(frames, boxes, strict=True) for b in bs]
         info: dict[str, Any] = {"sources": [str(f) for f in cfg.footage], "frames": len(frames), "faces": n_boxes}
         x = np.stack([prepare(im, c.contract.input) for im in crops])
-        x_ref = np.stack([prepare(im, src.input) for im in ref_crops])
+        x_ref = np.stack([prepare(im, src.input.desktop()) for im in ref_crops])
         p = candidate_probs(c, x, cfg.batch_size, False)
         p_ref = probabilities(run_reference(model, x_ref, cfg.batch_size), src.output.activation,
                               src.output.temperature)

