@@ -87,13 +87,18 @@ class Attackers:
         with self.lock:
             setattr(self, attr, getattr(self, attr) + d)
 
-    def _idle(self, slow: bool) -> None:
+    def _connections(self):
+        """Connections to the daemon, one after another (a new one when the last was closed)."""
         while not self.stop.is_set():
             try:
                 s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
             except OSError:
                 time.sleep(0.2)
                 continue
+            yield s
+
+    def _idle(self, slow: bool) -> None:
+        for s in self._connections():
             with s:
                 s.settimeout(2.0)
                 if slow:
@@ -113,12 +118,7 @@ class Attackers:
                         break
 
     def _live(self) -> None:
-        while not self.stop.is_set():
-            try:
-                s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-            except OSError:
-                time.sleep(0.2)
-                continue
+        for s in self._connections():
             with s:
                 s.settimeout(2.0)
                 try:
@@ -218,6 +218,10 @@ def main() -> int:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        for d in ("pids", "memory"):  # the cgroups of --unit-limits, empty now
+            with contextlib.suppress(OSError):
+                Path(f"/sys/fs/cgroup/{d}/feredge-bench").rmdir()
     health.sort()
     p95 = health[int(0.95 * (len(health) - 1))] if health else float("nan")
     print(f"feredge run with http.workers = {args.workers}; limits: {limits}; CPU {os.cpu_count()} cores")

@@ -343,7 +343,7 @@ def _port(lo: int) -> Callable[[int], bool]:
 # ranges. "camera" applies to every [[camera]].
 _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("camera", "name"): (lambda v: re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) is not None,
-                         "1-64 letters, digits, _ and -"),
+                         "only letters, digits, _ and - (1 to 64)"),
     ("camera", "pace"): (_one_of("realtime", "fast"), "'realtime' or 'fast'"),
     ("camera", "width"): (_positive, "> 0"),
     ("camera", "height"): (_positive, "> 0"),

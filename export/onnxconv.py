@@ -72,27 +72,8 @@ def fold_input_affine(path: Path) -> bool:
     for n in g.node:
         for i in n.input:
             users.setdefault(i, []).append(n)
-
-    def scalar(name: str) -> float | None:
-        if name not in inits:
-            return None
-        a = numpy_helper.to_array(inits[name])
-        return float(a.reshape(-1)[0]) if a.size == 1 else None
-
-    scale, offset, chain, t = 1.0, 0.0, [], g.input[0].name
-    while len(users.get(t, [])) == 1:
-        n = users[t][0]
-        if n.op_type in ("Mul", "Add") and len(n.input) == 2 and n.input[0] == t and scalar(n.input[1]) is not None:
-            v = scalar(n.input[1])
-            scale, offset = (scale * v, offset * v) if n.op_type == "Mul" else (scale, offset + v)
-            chain.append(n)
-        elif n.op_type not in ("Reshape", "Transpose"):
-            break
-        t = n.output[0]
-    conv = users.get(t, [None])[0] if len(users.get(t, [])) == 1 else None
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute} if conv is not None else {}
-    pads_zero = not any(attrs.get("pads", [])) and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID")
-    if not chain or conv is None or conv.op_type != "Conv" or not pads_zero or conv.input[1] not in inits:
+    scale, offset, chain, conv = _input_affine_chain(g.input[0].name, users, inits)
+    if not chain or conv is None:
         return False
     w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
     b = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 and conv.input[2]
@@ -104,15 +85,52 @@ def fold_input_affine(path: Path) -> bool:
         inits[b_name].CopyFrom(numpy_helper.from_array(new_b, b_name))
     else:
         g.initializer.append(numpy_helper.from_array(new_b, b_name))
-        conv.input.append(b_name) if len(conv.input) == 2 else conv.input.__setitem__(2, b_name)
+        if len(conv.input) == 2:
+            conv.input.append(b_name)
+        else:
+            conv.input[2] = b_name
     for n in chain:  # bypass each Mul/Add: its consumer reads its data input instead
         for u in users.get(n.output[0], []):
             for k, name in enumerate(u.input):
                 if name == n.output[0]:
                     u.input[k] = n.input[0]
         g.node.remove(n)
+        const = inits.get(n.input[1])
+        if const is not None and len(users.get(n.input[1], [])) == 1:  # its scalar is used by no one else
+            g.initializer.remove(const)
     onnx.save(m, str(path))
     return True
+
+
+def _input_affine_chain(t: str, users: dict[str, list[Any]],
+                        inits: dict[str, Any]) -> tuple[float, float, list[Any], Any]:
+    """From the graph input: the scalar Mul/Add chain (through Reshape/Transpose), its combined
+    ``x * scale + offset``, and the Conv it feeds when that Conv has no padding (else None)."""
+    import onnx
+    from onnx import numpy_helper
+
+    def scalar(name: str) -> float | None:
+        if name not in inits:
+            return None
+        a = numpy_helper.to_array(inits[name])
+        return float(a.reshape(-1)[0]) if a.size == 1 else None
+
+    scale, offset, chain = 1.0, 0.0, []
+    while len(users.get(t, [])) == 1:
+        n = users[t][0]
+        if n.op_type in ("Mul", "Add") and len(n.input) == 2 and n.input[0] == t and scalar(n.input[1]) is not None:
+            v = scalar(n.input[1])
+            scale, offset = (scale * v, offset * v) if n.op_type == "Mul" else (scale, offset + v)
+            chain.append(n)
+        elif n.op_type not in ("Reshape", "Transpose"):
+            break
+        t = n.output[0]
+    conv = users[t][0] if len(users.get(t, [])) == 1 else None
+    if conv is None or conv.op_type != "Conv" or conv.input[1] not in inits:
+        return scale, offset, chain, None
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
+    pads_zero = not any(attrs.get("pads", [])) and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID")
+    return scale, offset, chain, conv if pads_zero else None
 
 
 def op_types(path: Path) -> list[str]:

@@ -158,17 +158,30 @@ def quantize(calibrated: bytes) -> bytes:
     import tensorflow as tf
     from tensorflow.lite.python import convert
 
-    return convert.mlir_quantize(calibrated, fully_quantize=True, input_data_type=tf.int8,
-                                 output_data_type=tf.int8)
+    # the arguments TFLiteConverter.convert() passes (fully_quantize stays False there: True leaves
+    # an unrolled LSTM's SPLIT in float); verify_int8 then checks that nothing float is left
+    return convert.mlir_quantize(calibrated, input_data_type=tf.int8, output_data_type=tf.int8)
+
+
+# Ops whose int8 kernels need their outputs on their input's scale: the quantiser propagates the
+# range through them, and a range set on their outputs would leave them in float.
+SAME_SCALE = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SPLIT", "SPLIT_V", "CONCATENATION", "PACK", "UNPACK",
+              "MAX_POOL_2D", "TRANSPOSE", "GATHER", "STRIDED_SLICE", "SLICE", "PAD", "PADV2"}
 
 
 def clippable(calibrated: bytes) -> dict[int, tuple[float, float]]:
     """The activation tensors whose range may be clipped: not the graph's input (pinned by the
-    caller) and not the tensors that feed an output (logits, or the input of the final softmax)."""
-    model = _schema().ModelT.InitFromPackedBuf(calibrated, 0)
+    caller), not the tensors that feed an output (logits, or the input of the final softmax), and
+    not the outputs of ops that share their input's scale."""
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(calibrated, 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     sg = model.subgraphs[0]
     keep = set(int(i) for i in sg.inputs) | set(int(i) for i in sg.outputs)
     for op in sg.operators or []:
+        oc = model.operatorCodes[op.opcodeIndex]
+        if names.get(max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))) in SAME_SCALE:
+            keep |= {int(o) for o in op.outputs}
         if set(int(o) for o in op.outputs) & set(int(o) for o in sg.outputs):
             keep |= {int(i) for i in op.inputs if i >= 0}
     return {i: r for i, r in calibrated_ranges(calibrated).items() if i not in keep}

@@ -536,3 +536,31 @@ def test_model_that_rescales_its_own_input_defaults_to_raw(tiny, tmp_path: Path)
     assert (c.input.normalize.scale, c.input.normalize.offset) == (1.0, 0.0)
     r = json.loads((out / "export-report.json").read_text())
     assert any("rescales its own input" in w for w in r["warnings"])
+
+
+@pytest.mark.parametrize("padding, folds", [("valid", True), ("same", False)])
+def test_onnx_folds_the_input_normalisation_only_where_exact(tmp_path: Path, padding: str, folds: bool):
+    """Issue 22: ``x/127.5 - 1`` in front of the first Conv is folded into its weights and bias when
+    the Conv has no padding (zero padding after the map is not zero padding before it)."""
+    import keras
+    import onnxruntime as ort
+
+    from export.onnxconv import convert_fp32, fold_input_affine
+
+    inp = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3, padding=padding)(keras.layers.Rescaling(1 / 127.5, -1.0)(inp))
+    m = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    f = tmp_path / "m.onnx"
+    convert_fp32(m, (16, 16, 1), f)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 1)).astype(np.float32)
+
+    def run() -> np.ndarray:
+        return ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, {"input": pixels})[0]
+
+    before = run()
+    assert fold_input_affine(f) is folds
+    assert np.abs(run() - before).max() < 1e-5
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(f)).graph.node]
+    assert ("Mul" not in ops and "Add" not in ops) if folds else "Mul" in ops

@@ -8,6 +8,7 @@ only the broker's last will to tell.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -242,3 +243,88 @@ def test_site_broker_bridges_its_devices_to_a_central_broker(tmp_path, edge_mode
         sub.close()
         site.stop()
         central.stop()
+
+
+class FlappingProxy:
+    """A TCP proxy in front of the broker that, while ``flapping`` is set, closes every connection
+    ``after`` seconds after it opened (a broker or network that drops all clients)."""
+
+    def __init__(self, target_port: int, after: float = 1.0) -> None:
+        import socket as _s
+
+        self.target, self.after = target_port, after
+        self.flapping = threading.Event()
+        self.flapping.set()
+        self.sock = _s.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket as _s
+
+        while not self._stop.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                upstream = _s.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)  # an idle MQTT connection is no reason to cut it
+            pair = (client, upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            if self.flapping.is_set():
+                threading.Timer(self.after, self._cut, args=(pair,)).start()
+
+    @staticmethod
+    def _pipe(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(2)
+
+    @staticmethod
+    def _cut(pair) -> None:
+        for s in pair:
+            with contextlib.suppress(OSError):
+                s.shutdown(2)
+                s.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+
+
+def test_a_flapping_broker_is_not_taken_for_a_client_id_clash(tmp_path, edge_model, woman_video):
+    """Issue 25: a broker that drops every connection after 1 s was reported as "another client uses
+    this client id" and retried every 20-60 s. A probe under another id tells them apart."""
+    port = free_port()
+    broker = Broker(tmp_path, port).start()
+    proxy = FlappingProxy(port, after=1.0)
+    d = _Daemon(edge_model, woman_video, proxy.port, "flappy")
+    try:
+        unstable = "the broker or the network is unstable"
+        assert wait_until(lambda: unstable in "".join(d.err), 120), "".join(d.err)[-3000:]
+        assert "another client uses the client id" not in "".join(d.err)
+        proxy.flapping.clear()  # healthy again: reconnected within the configured backoff, not 20-60 s
+        mark = len("".join(d.err))
+        time.sleep(12)
+        assert "MQTT: connected" in "".join(d.err)[mark:], "".join(d.err)[-2000:]
+        before = _broker_log(broker).count("New client connected")
+        time.sleep(6)  # and it stays connected
+        assert _broker_log(broker).count("New client connected") == before, _broker_log(broker)[-2000:]
+    finally:
+        d.kill(signal.SIGTERM)
+        proxy.close()
+        broker.stop()

@@ -28,7 +28,8 @@ REPAIRS = {
     "cnn_lstm": "recurrent layer over a fixed sequence unrolled into plain ops",
     "locally_connected": "layers Keras 3 dropped: loaded by tf_keras",
 }
-MIN_AGREEMENT = 0.95
+# Measured with issue 22's defaults on these 500 faces: TFLite 98.0-98.8 %, int8 ONNX 97.4-98.8 %.
+MIN_AGREEMENT = 0.97
 
 
 @pytest.fixture(scope="module")

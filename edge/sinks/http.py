@@ -104,6 +104,7 @@ class HttpSink(Sink):
         except OSError as e:
             raise EdgeError(f"cannot listen on http {self.cfg.bind}:{self.cfg.port}: {e.strerror or e}") from None
         self._server = server
+        server.fast = self._fast_reply
 
         self.port = server.server_address[1]
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -143,6 +144,39 @@ class HttpSink(Sink):
             self._live.discard(sock)
             self._live_cond.notify_all()
 
+    def _fast_reply(self, head: bytes) -> bytes | None:
+        """Answers the selector gives without a worker: ``/healthz`` (up/down only, no token) and
+        the 503 for a live stream over its cap. Anything unusual goes to a worker as before."""
+        try:
+            line, *rest = head.decode("latin-1").split("\r\n")
+            method, target, _version = line.split(" ")
+        except ValueError:
+            return None
+        path = urlsplit(target).path.rstrip("/") or "/"
+        live = path == "/api/events" or (self.cfg.mjpeg and path.startswith("/mjpeg/"))
+        if method not in ("GET", "HEAD") or not (path == "/healthz" or live):
+            return None
+        hosts = [h.split(":", 1)[1].strip() for h in rest if h.lower().startswith("host:")]
+        if len(hosts) > 1 or not host_allowed(hosts[0] if hosts else None, self.cfg.bind, self.allowed_hosts):
+            return None  # the worker answers 403 (or 400) with its usual headers
+        if path == "/healthz":
+            ok, _detail = self.health_fn()
+            return _response(200 if ok else 503, jsonsafe.dumps({"status": "ok" if ok else "degraded"}) + "\n",
+                             method == "HEAD")
+        if self.live_clients() >= self.max_live and self._token_ok(target, rest):
+            return _response(503, jsonsafe.dumps({"error": f"too many live clients (at most {self.max_live})"}) + "\n",
+                             method == "HEAD", {"Retry-After": "5"})
+        return None
+
+    def _token_ok(self, target: str, header_lines: list[str]) -> bool:
+        """The token check of :meth:`_Handler._authorized`, on raw request lines (401 stays first)."""
+        if not self.token:
+            return True
+        auth = next((h.split(":", 1)[1].strip() for h in header_lines if h.lower().startswith("authorization:")), "")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else parse_qs(urlsplit(target).query).get(
+            "token", [""])[0]
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
     def busy_workers(self) -> int:
         return self._server.busy_workers() if self._server is not None else 0
 
@@ -179,6 +213,17 @@ class HttpSink(Sink):
         if self.cfg.mjpeg:
             out.append("/mjpeg/<camera>")
         return out
+
+
+def _response(code: int, body: str, head_only: bool, headers: dict[str, str] | None = None) -> bytes:
+    """A complete JSON response with the same headers a worker sends, closing the connection."""
+    from http import HTTPStatus
+
+    data = body.encode()
+    lines = [f"HTTP/1.1 {code} {HTTPStatus(code).phrase}", f"Server: {_Handler.server_version}",
+             "Content-Type: application/json", f"Content-Length: {len(data)}", "Cache-Control: no-store",
+             "Connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if head_only else data)
 
 
 def load_web() -> dict[str, tuple[bytes, str]]:

@@ -95,6 +95,9 @@ class BoundedHTTPServer:
         self._pending: dict[socket.socket, _Pending] = {}
         self.refused = 0
         self.timed_out = 0
+        # head bytes -> a whole response the selector sends itself, or None: answers that need no
+        # worker (/healthz, a live stream over its cap) stay instant when every worker is busy
+        self.fast: Any = None
 
     # ---- the selector loop -------------------------------------------------------------------
     def serve_forever(self, poll_interval: float = 0.25) -> None:
@@ -145,7 +148,11 @@ class BoundedHTTPServer:
             return
         p.buf += chunk
         if b"\r\n\r\n" in p.buf or b"\n\n" in p.buf:
-            self._dispatch(sel, p)
+            reply = self.fast(p.buf) if self.fast is not None else None
+            if reply is not None:
+                self._answer(sel, p, reply)
+            else:
+                self._dispatch(sel, p)
         elif len(p.buf) > MAX_HEADER_BYTES:
             self._answer(sel, p, TOO_LARGE)
 

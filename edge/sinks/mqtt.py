@@ -15,10 +15,12 @@ Topics (``B`` = ``mqtt.base_topic``, default ``feredge``; ``N`` = the device's n
   Home Assistant discovery documents for an expression sensor and a face-count sensor.
 
 The MQTT client id is ``N`` unless ``mqtt.client_id`` is set. When the broker says
-another client took this session over (MQTT 5's reason code 0x8E), or — on brokers that just
-close the older connection, like mosquitto 2.0.11 — the connection dies right after it opens
-twice in a row, the sink logs one error naming the id and waits 20 s or more between attempts
-instead of reconnecting every second.
+another client took this session over (MQTT 5's reason code 0x8E), the sink logs one error naming
+the id and waits 20 s or more between attempts instead of reconnecting every second. Brokers that
+just close the older connection (mosquitto 2.0.11) look like a broker or network that drops every
+connection: when the connection dies right after it opens twice in a row, a probe connects under
+another client id. Dropped too, the broker is flapping: a warning, and the configured backoff.
+Kept, it is an id clash: the error and the 20 s backoff.
 Earlier versions published ``B/availability`` and ``B/<camera>/…`` for every device; on its first
 connection with this layout a device clears those retained topics and its old discovery
 documents, so Home Assistant keeps no ghost entities.
@@ -32,6 +34,7 @@ what a restarted broker forgot (availability, discovery, the latest state) befor
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import re
@@ -55,6 +58,8 @@ log = logging.getLogger(__name__)
 SESSION_TAKEN_OVER = 0x8E
 TAKEOVER_BACKOFF = (20, 60)
 SHORT_LIVED_S = 30.0  # a connection closed sooner than this counts towards a takeover
+PROBE_WAIT = 15.0  # seconds a probe connection waits to be accepted, and at most to be dropped
+PROBE_EVERY = 300.0  # at most one probe in this many seconds
 
 
 def _state_dir() -> Path | None:
@@ -120,6 +125,9 @@ class MqttSink(Sink):
         self._migrated = False
         self._taken_over = 0
         self._short_drops = 0
+        self._probing = False
+        self._last_probe = -PROBE_EVERY
+        self.flapping = 0  # times a probe showed the broker drops every connection
         self._connected_at: float | None = None
         self._queue: collections.deque[tuple[str, str, int, bool]] = collections.deque(maxlen=config.queue_size)
         self._cond = threading.Condition()
@@ -144,12 +152,7 @@ class MqttSink(Sink):
 
         c = _client_class()(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         c.will_set(self.avail_topic, "offline", qos=1, retain=True)
-        if self.cfg.username:
-            c.username_pw_set(self.cfg.username, self.password)
-        if self.cfg.tls or self.cfg.ca_file:
-            c.tls_set(ca_certs=self.cfg.ca_file, certfile=self.cfg.cert_file, keyfile=self.cfg.key_file,
-                      cert_reqs=ssl.CERT_NONE if self.cfg.tls_insecure else ssl.CERT_REQUIRED)
-            c.tls_insecure_set(self.cfg.tls_insecure)
+        self._configure(c)
         c.reconnect_delay_set(max(1, int(self.cfg.reconnect_min)), max(1, int(self.cfg.reconnect_max)))
         # paho's own store of unacknowledged QoS>0 messages is bounded too.
         c.max_queued_messages_set(self.cfg.queue_size)
@@ -165,6 +168,15 @@ class MqttSink(Sink):
         self._sender.start()
         log.info("MQTT: connecting to %s:%d as node %s (client id %s, topics %s/…)", self.cfg.host, self.cfg.port,
                  self.node_id, self.client_id, self.base)
+
+    def _configure(self, c: Any) -> None:
+        """Credentials and TLS, for the client and for a probe alike."""
+        if self.cfg.username:
+            c.username_pw_set(self.cfg.username, self.password)
+        if self.cfg.tls or self.cfg.ca_file:
+            c.tls_set(ca_certs=self.cfg.ca_file, certfile=self.cfg.cert_file, keyfile=self.cfg.key_file,
+                      cert_reqs=ssl.CERT_NONE if self.cfg.tls_insecure else ssl.CERT_REQUIRED)
+            c.tls_insecure_set(self.cfg.tls_insecure)
 
     def close(self) -> None:
         c = self._client
@@ -254,14 +266,64 @@ class MqttSink(Sink):
             self._on_taken_over(client, "the broker says another client took this session over")
         elif self._short_drops >= 2:
             # Brokers without MQTT 5's reason code (mosquitto 2.0.11 among them) just close the
-            # older connection: a connection that keeps dying right after it opens is the sign.
-            self._on_taken_over(client, f"the broker closed the connection right after it opened, "
-                                        f"{self._short_drops} times in a row")
+            # older connection, and so does a broker or network that drops every connection: a
+            # probe with another client id tells them apart (it is dropped too only when flapping).
+            if self._taken_over:  # already diagnosed: keep the takeover backoff, no new probe
+                self._on_taken_over(client, "the connection was closed right after it opened again")
+            else:
+                self._start_probe(lived)
         elif was:
             if self._taken_over:  # a different trouble now: back to the configured backoff
                 self._taken_over = 0
                 client.reconnect_delay_set(max(1, int(self.cfg.reconnect_min)), max(1, int(self.cfg.reconnect_max)))
             log.warning("MQTT: disconnected (%s); reconnecting with backoff", reason_code)
+
+    def _start_probe(self, lived: float) -> None:
+        """One probe at a time: connect under a random client id and see whether the broker drops
+        it as it drops ours. Until it has decided, the configured backoff applies."""
+        with self._cond:
+            now = time.monotonic()
+            if self._probing or now - self._last_probe < PROBE_EVERY:
+                return
+            self._probing, self._last_probe = True, now
+        threading.Thread(target=self._probe, args=(max(lived, 1.0),), name="mqtt-probe", daemon=True).start()
+
+    def _probe(self, lived: float) -> None:
+        import paho.mqtt.client as mqtt
+
+        dropped = threading.Event()
+        up = threading.Event()
+        p = _client_class()(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{self.client_id}-probe-{os.getpid()}",
+                            protocol=mqtt.MQTTv5)
+        self._configure(p)
+        p.on_connect = lambda *a: up.set()
+        p.on_disconnect = lambda *a: dropped.set()
+        try:
+            p.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+            p.loop_start()
+            if not up.wait(PROBE_WAIT):
+                return  # the broker did not even accept the probe: the ordinary failure path reports it
+            dropped.wait(min(3 * lived + 2.0, PROBE_WAIT))
+            client = self._client
+            if client is None or self._stopping:
+                return
+            if dropped.is_set():
+                self.flapping += 1
+                log.warning("MQTT: the broker drops connections about %.0f s after they open, a probe under another "
+                            "client id too: the broker or the network is unstable (not a client id clash); "
+                            "reconnecting with backoff", lived)
+            else:
+                self._on_taken_over(client, "the broker closed our connection right after it opened, "
+                                            f"{self._short_drops} times in a row, while a probe under another id "
+                                            "stayed connected")
+        except (OSError, ValueError) as e:
+            log.debug("MQTT probe: %s", e)
+        finally:
+            with contextlib.suppress(Exception):
+                p.disconnect()
+                p.loop_stop()
+            with self._cond:
+                self._probing = False
 
     def _on_taken_over(self, client: Any, why: str) -> None:
         """Another process uses this client id; fighting it would cost a reconnect a second on both
