@@ -409,8 +409,25 @@ _NPZ_KEYS = {
 }
 
 
+MAX_ARRAY_BYTES = 4 << 30  # FER2013 as uint8 arrays is 0.1 GB; a member declaring more is refused unread
+
+
+def _check_npz(p: Path) -> None:
+    """Declared sizes of an .npz's members, before numpy inflates one (a zip bomb of zeros)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(p):
+        return
+    with zipfile.ZipFile(p) as zf:
+        for info in zf.infolist():
+            if info.file_size > MAX_ARRAY_BYTES:
+                raise ExportError(f"calibration arrays {p}: member {info.filename[:80]} declares "
+                                  f"{info.file_size:,} bytes, more than {MAX_ARRAY_BYTES:,}")
+
+
 def _read_arrays(p: Path, part: str) -> ImageSet:
     try:
+        _check_npz(p)
         obj = np.load(p, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise ExportError(f"cannot read calibration arrays {p}: {e}") from None

@@ -146,6 +146,7 @@ def test_edgetpu_check_and_instructions(fer_export: Path, tmp_path: Path, monkey
     res = edgetpu.compile_model(fer_export / "emotion_model.int8.tflite", tmp_path, res, name="emotion_model")
     assert res.compiled is None
     assert "edgetpu_compiler -s -o" in res.instructions and "emotion_model_edgetpu.tflite" in res.instructions
+    assert "--device coral" in res.instructions and "--device usb" not in res.instructions  # options that exist
     # An op the Edge TPU lacks ends the TPU segment there; a too-new op version is flagged too.
     bad = FlatbufferInfo(ops=[OpInfo(0, "CONV_2D", 3, [0], [1]), OpInfo(1, "CUMSUM", 1, [1], [2]),
                               OpInfo(2, "SOFTMAX", 3, [2], [3])],

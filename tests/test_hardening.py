@@ -432,3 +432,104 @@ def test_two_sigterms_during_export_leave_no_traceback_and_no_files(tmp_path):
     assert proc.returncode in (128 + signal.SIGTERM, -signal.SIGTERM), err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.6])
+def test_ctrl_c_while_run_starts_is_one_line(tmp_path, edge_model, delay):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--model", str(edge_model), "--source",
+                             "/nonexistent.mp4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (130, 2), (proc.returncode, err)  # interrupted, or done already (missing input)
+
+
+def test_clean_up_removes_only_the_killed_childs_staging_folder(tmp_path):
+    from edge.fsutil import STAGING_PREFIX
+    from export import isolate
+
+    mine, theirs = tmp_path / f"{STAGING_PREFIX}4242-abc", tmp_path / f"{STAGING_PREFIX}777-def"
+    for d in (mine, theirs):
+        d.mkdir()
+        (d / "half.tflite").write_bytes(b"x")
+    isolate._clean(tmp_path, True, set(), 4242)
+    assert not mine.exists() and theirs.exists()  # a concurrent export's folder is not touched
+
+
+def test_bundle_pip_has_a_timeout(monkeypatch):
+    import subprocess
+
+    from export import bundle
+    from export.errors import ExportError
+
+    seen = {}
+
+    def stalled(cmd, **kw):
+        seen.update(cmd=cmd, **kw)
+        raise subprocess.TimeoutExpired(cmd, kw.get("timeout"))
+
+    monkeypatch.setattr(bundle.subprocess, "run", stalled)
+    with pytest.raises(ExportError, match="took more than"):
+        bundle._pip(["download", "x"], "download")
+    assert seen["timeout"] == bundle.PIP_WALL and "--timeout" in seen["cmd"]
+
+
+def test_verify_boot_names_every_missing_host_package(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    if os.geteuid() != 0:
+        pytest.skip("verify-boot checks for root before its tools")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_boot.py")], capture_output=True, text=True,
+                       env={**os.environ, "PATH": str(empty)}, timeout=60)
+    assert r.returncode == 2
+    for pkg in ("mmdebstrap", "e2fsprogs", "dosfstools", "mtools", "qemu-user-static", "arch-test"):
+        assert pkg in r.stderr, r.stderr
+
+
+def test_no_held_out_warning_reaches_the_console(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+    import keras
+    import numpy as np
+
+    m = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                          keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(7, activation="softmax")])
+    m.save(tmp_path / "m.keras")
+    cal = tmp_path / "cal" / "happy"
+    cal.mkdir(parents=True)
+    for i in range(20):
+        cv2.imwrite(str(cal / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (48, 48), np.uint8))
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "export", str(tmp_path / "m.keras"), "--calibration",
+                        str(tmp_path / "cal"), "--samples", "20", "--quiet", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "no held-out images" in r.stderr  # was in the report only
+
+
+def test_npz_bomb_is_refused_by_declared_size(tmp_path, monkeypatch):
+    import numpy as np
+
+    from export import calibration as cal
+    from export.errors import ExportError
+
+    p = tmp_path / "faces.npz"
+    np.savez_compressed(p, x=np.zeros((200, 48, 48), np.uint8))
+    monkeypatch.setattr(cal, "MAX_ARRAY_BYTES", 100_000)  # the same check, at a size a test can write
+    with pytest.raises(ExportError, match="declares"):
+        cal.read_source(p, "train")
