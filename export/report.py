@@ -109,8 +109,12 @@ def _int8_section(r: dict[str, Any]) -> list[str]:
             how.append("normalisation folded into the first Conv")
         out.append(f"- `{name}`: {', '.join(how)}")
         for k, sc in (c.get("scores") or {}).items():
-            out.append(f"  - {k}: agreement {_pct(sc['agreement'])}, mean abs dp {_num(sc['mean_abs_dp'])}"
-                       + (" (kept)" if k == kept or (k.endswith('+bias') and c.get("bias_corrected")) else ""))
+            mark = ""
+            if k == kept:
+                mark = " (its ranges kept)" if c.get("bias_corrected") else " (kept)"
+            elif k.endswith("+bias") and c.get("bias_corrected"):
+                mark = " (kept)"
+            out.append(f"  - {k}: agreement {_pct(sc['agreement'])}, mean abs dp {_num(sc['mean_abs_dp'])}{mark}")
         d = c.get("diagnosis")
         if d:
             out.append("  - why it falls short of 99 %:")
