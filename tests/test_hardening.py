@@ -397,12 +397,8 @@ def test_h5_with_ten_thousand_layers_fails_fast_naming_the_cause(tmp_path, capsy
     assert "10,000 layers" in err and "dtype" not in err and time.perf_counter() - t < 20
 
 
-def test_two_sigterms_during_export_leave_no_traceback_and_no_files(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-
+def _tiny_model_and_faces(tmp_path, n: int) -> None:
+    """``m.keras`` (a small CNN) and ``cal/happy/`` with ``n`` random 48x48 faces in ``tmp_path``."""
     import cv2
     import keras
     import numpy as np
@@ -412,8 +408,17 @@ def test_two_sigterms_during_export_leave_no_traceback_and_no_files(tmp_path):
     m.save(tmp_path / "m.keras")
     cal = tmp_path / "cal" / "happy"
     cal.mkdir(parents=True)
-    for i in range(60):
+    for i in range(n):
         cv2.imwrite(str(cal / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (48, 48), np.uint8))
+
+
+def test_two_sigterms_during_export_leave_no_traceback_and_no_files(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    _tiny_model_and_faces(tmp_path, 60)
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -504,17 +509,7 @@ def test_no_held_out_warning_reaches_the_console(tmp_path):
     import subprocess
     import sys
 
-    import cv2
-    import keras
-    import numpy as np
-
-    m = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
-                          keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(7, activation="softmax")])
-    m.save(tmp_path / "m.keras")
-    cal = tmp_path / "cal" / "happy"
-    cal.mkdir(parents=True)
-    for i in range(20):
-        cv2.imwrite(str(cal / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (48, 48), np.uint8))
+    _tiny_model_and_faces(tmp_path, 20)
     r = subprocess.run([sys.executable, "-m", "edge.cli", "export", str(tmp_path / "m.keras"), "--calibration",
                         str(tmp_path / "cal"), "--samples", "20", "--quiet", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
