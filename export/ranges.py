@@ -22,7 +22,6 @@ output keep their min-max: clipping the final logits could merge two top scores.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -73,28 +72,22 @@ def calibrated_ranges(calibrated: bytes) -> dict[int, tuple[float, float]]:
 
 def with_ranges(calibrated: bytes, ranges: dict[int, tuple[float, float]]) -> bytes:
     """The calibrated flatbuffer with the given tensors' min/max replaced."""
-    import flatbuffers
+    from export.tflite import pack
 
-    schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(calibrated, 0)
+    model = _schema().ModelT.InitFromPackedBuf(calibrated, 0)
     tensors = model.subgraphs[0].tensors
     for i, (lo, hi) in ranges.items():
         q = tensors[i].quantization
         q.min, q.max = [float(lo)], [float(hi)]
-    b = flatbuffers.Builder(len(calibrated) + 1024)
-    b.Finish(model.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
+    return pack(model, len(calibrated))
 
 
 def collect(calibrated: bytes, x: np.ndarray, tensors: dict[int, tuple[float, float]],
             progress_cb: Callable[[int], None] | None = None) -> dict[int, Histogram]:
     """One histogram per tensor over its calibrated range, from the float model on ``x``."""
-    from ai_edge_litert.interpreter import Interpreter
+    from export.tflite import keeping_interpreter
 
-    with warnings.catch_warnings():  # "intended for debugging": reading every tensor is the point here
-        warnings.simplefilter("ignore", UserWarning)
-        it = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True, num_threads=1)
-    it.allocate_tensors()
+    it = keeping_interpreter(calibrated)
     inp = it.get_input_details()[0]["index"]
     hists = {i: Histogram(lo, hi, np.zeros(BINS, np.int64)) for i, (lo, hi) in tensors.items() if hi > lo}
     for k in range(len(x)):
@@ -173,14 +166,14 @@ def clippable(calibrated: bytes) -> dict[int, tuple[float, float]]:
     """The activation tensors whose range may be clipped: not the graph's input (pinned by the
     caller), not the tensors that feed an output (logits, or the input of the final softmax), and
     not the outputs of ops that share their input's scale."""
-    schema = _schema()
-    model = schema.ModelT.InitFromPackedBuf(calibrated, 0)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    from export.tflite import op_code_names
+
+    model = _schema().ModelT.InitFromPackedBuf(calibrated, 0)
+    codes = op_code_names(model)
     sg = model.subgraphs[0]
     keep = set(int(i) for i in sg.inputs) | set(int(i) for i in sg.outputs)
     for op in sg.operators or []:
-        oc = model.operatorCodes[op.opcodeIndex]
-        if names.get(max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))) in SAME_SCALE:
+        if codes[op.opcodeIndex] in SAME_SCALE:
             keep |= {int(o) for o in op.outputs}
         if set(int(o) for o in op.outputs) & set(int(o) for o in sg.outputs):
             keep |= {int(i) for i in op.inputs if i >= 0}

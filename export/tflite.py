@@ -89,18 +89,47 @@ class FlatbufferInfo:
         return QuantParams(dtype, float(t.scale[0]), int(t.zero_point[0]) if t.zero_point else 0)
 
 
+def op_code_names(model: Any) -> list[str]:
+    """The builtin op name of each of a ``ModelT``'s operator codes (``OP_<n>`` when unknown)."""
+    names = {v: k for k, v in vars(_schema().BuiltinOperator).items() if not k.startswith("_")}
+    out = []
+    for oc in model.operatorCodes or []:
+        code = max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))
+        out.append(names.get(code, f"OP_{code}"))
+    return out
+
+
+def pack(model: Any, size_hint: int) -> bytes:
+    """A (modified) ``ModelT`` written back as a flatbuffer."""
+    import flatbuffers
+
+    b = flatbuffers.Builder(size_hint + 1024)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def keeping_interpreter(data: bytes) -> Any:
+    """A LiteRT interpreter that keeps every intermediate tensor readable, allocated."""
+    import warnings
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    with warnings.catch_warnings():  # "intended for debugging": reading every tensor is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        it = Interpreter(model_content=data, experimental_preserve_all_tensors=True, num_threads=1)
+    it.allocate_tensors()
+    return it
+
+
 def read_flatbuffer(data: bytes) -> FlatbufferInfo:
     schema = _schema()
     try:
         model = schema.ModelT.InitFromPackedBuf(data, 0)
     except Exception as e:  # a truncated or foreign file makes the generated reader raise anything
         raise ExportError(f"not a readable TFLite flatbuffer: {type(e).__name__}: {e}") from None
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     codes = []
-    for oc in model.operatorCodes or []:
-        code = max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))
-        name = op_names.get(code, f"OP_{code}")
+    for oc, name in zip(model.operatorCodes or [], op_code_names(model), strict=True):
         custom = oc.customCode.decode() if isinstance(oc.customCode, bytes) else oc.customCode
         codes.append((name, int(oc.version or 1), custom))
     ops: list[OpInfo] = []
