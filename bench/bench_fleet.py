@@ -1,7 +1,7 @@
 """N devices on one local mosquitto: messages per second delivered, broker CPU and end-to-end
 latency as N grows, beside plain paho publishers at the same rates in the same run.
 
-Each simulated device is the real :class:`edge.sinks.mqtt.MqttSink` (its queue, topics, QoS 1
+Each simulated device is the real :class:`feredge.edge.daemon.sinks.mqtt.MqttSink` (its queue, topics, QoS 1
 state, retained availability, a distinct node id), fed frame records at a camera's rate with
 faces that come, change and go, so it publishes what a device publishes (state on change at most
 every ``state_interval``, events, stats). Devices are spread over a few processes. The baseline
@@ -70,8 +70,8 @@ def _records(fps: float, seconds: float):
 
 
 def _feredge_devices(port: int, ids: list[str], seconds: float, fps: float, q) -> None:
-    from edge.config import MqttConfig
-    from edge.sinks.mqtt import MqttSink
+    from feredge.edge.daemon.config import MqttConfig
+    from feredge.edge.daemon.sinks.mqtt import MqttSink
 
     sinks = []
     for nid in ids:

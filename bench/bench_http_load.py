@@ -176,7 +176,7 @@ def main() -> int:
     cfg = tmp / "config.toml"
     cfg.write_text(f'[model]\npath = "{model}"\n[[camera]]\nname = "cam"\nsource = "{VIDEO}"\nloop = true\n'
                    f'pace = "realtime"\n[jsonl]\nenabled = false\n[http]\nport = {port}\nworkers = {args.workers}\n')
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config", str(cfg)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "feredge", "run", "--config", str(cfg)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     limits = _cgroup(proc.pid) if args.unit_limits else "none"
     base = f"http://127.0.0.1:{port}"

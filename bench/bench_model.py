@@ -61,7 +61,7 @@ def side_by_side(models: dict[str, Path], reps: int = 2000, rounds: int = 7) -> 
     """Median ms per face for each model, rounds interleaved: ``invoke_ms`` (the interpreter on a
     prepared tensor) and ``face_ms`` (a 120x120 colour crop to a label: resize, normalise,
     quantise, invoke, softmax); ``*_ratio``: the median per-round ratio to the last model."""
-    from edge.model import Classifier
+    from feredge.edge.model import Classifier
 
     clfs = {name: Classifier(path, num_threads=1, device="cpu") for name, path in models.items()}
     crop = np.random.default_rng(1).integers(0, 256, (120, 120, 3), np.uint8)
@@ -108,8 +108,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=7)
     a = ap.parse_args()
-    from edge.contract import resolve
-    from edge.model import default_model_path
+    from feredge.edge.contract import resolve
+    from feredge.edge.model import default_model_path
 
     model = resolve(a.model)[0] if a.model else resolve(default_model_path())[0]
     fer = resolve(a.fer_export)[0] if a.fer_export else fer_export(Path(a.fer2013))

@@ -47,10 +47,10 @@ def main() -> int:
             args.model = fer_file_or_exit("bench_parity")
         exp = tmp / "export"
         print(f"exporting {args.model} (not timed) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "edge.cli", "export", str(args.model), "--calibration",
+        subprocess.run([sys.executable, "-m", "feredge", "export", str(args.model), "--calibration",
                         str(args.data.parent), "--normalize", "symmetric", "--quiet", "--out", str(exp)], check=True)
     name = next(exp.glob("*.int8.tflite")).name.removesuffix(".int8.tflite")
-    cmd = [sys.executable, "-m", "edge.cli", "parity", "--quiet", "--reference", str(exp / f"{name}.keras"),
+    cmd = [sys.executable, "-m", "feredge", "parity", "--quiet", "--reference", str(exp / f"{name}.keras"),
            "--candidate", str(exp / f"{name}.int8.tflite"), "--candidate", str(exp / f"{name}.onnx"),
            "--candidate", str(exp / f"{name}.int8.onnx"), "--data", str(args.data), "--min-agreement", "0.95",
            "--report", str(tmp / "report")]

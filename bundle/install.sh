@@ -132,4 +132,4 @@ fi
 
 say "$([ "$CHANGED" = 1 ] && echo "done" || echo "already up to date, nothing changed")"
 echo "---- feredge doctor ----"
-PYTHONDONTWRITEBYTECODE=1 "${EXEC[@]}" "$VENV/bin/python" -m edge.cli doctor --model "$OPT/model" || true
+PYTHONDONTWRITEBYTECODE=1 "${EXEC[@]}" "$VENV/bin/python" -m feredge doctor --model "$OPT/model" || true

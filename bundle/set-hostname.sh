@@ -2,7 +2,7 @@
 # Renames a Pi still called by the image's default name after its feredge node id; run once by the
 # bundle's cloud-init user-data, after install.sh. Why: every card flashed from one image is
 # "raspberrypi" until someone renames it, and a shelf of them on one network cannot be told apart.
-# The node id (edge/identity.py, from /etc/machine-id) is also the Pi's MQTT client id and its Home
+# The node id (edge/daemon/identity.py, from /etc/machine-id) is also the Pi's MQTT client id and its Home
 # Assistant device, so the three names agree. A hostname someone chose (Imager's) is kept.
 #
 #   FEREDGE_PYTHON=PATH   the Python that has feredge (default /opt/feredge/venv/bin/python)
@@ -18,7 +18,7 @@ case "$old" in
   *) say "keeping $old"; exit 0 ;;
 esac
 new="$("${FEREDGE_PYTHON:-/opt/feredge/venv/bin/python}" -c \
-  'from edge.identity import default_node_id; print(default_node_id())')"
+  'from feredge.edge.daemon.identity import default_node_id; print(default_node_id())')"
 
 # hostnamectl goes through systemd-hostnamed over D-Bus (Raspberry Pi OS has both); without a bus
 # (a minimal image, a container) the static and the running name are set directly.

@@ -6,8 +6,6 @@ Never imports TensorFlow or Keras, so it installs on a Raspberry Pi with
 
 import os
 
-__version__ = "0.1.0"
-
-# OpenCV's own cap on decoded pixels (default 1 G), for formats edge.sources.images cannot size from
+# OpenCV's own cap on decoded pixels (default 1 G), for formats feredge.edge.sources.images cannot size from
 # their header; read when cv2 first decodes, so set before any import of cv2 does.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(64_000_000))

@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.errors import EdgeError
-from edge.fsutil import atomic_path
+from feredge.edge.errors import EdgeError
+from feredge.edge.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 One JSON document travels with every artifact (embedded in it, and as ``<name>.json`` beside
 it). Preparing faces differently on the two sides is the main cause of desktop/device
 disagreement, so the exporter, the parity suite and the runtime all read this one contract
-and hand it to :mod:`edge.preprocess`.
+and hand it to :mod:`feredge.edge.preprocess`.
 
 Embedding:
 - ``.tflite``: a zip archive with ``feredge_contract.json`` appended to the flatbuffer (the
@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ContractError
-from edge.fsutil import atomic_write_text, sha256_file
+from feredge.edge.errors import ContractError
+from feredge.edge.fsutil import atomic_write_text, sha256_file
 
 SCHEMA = "feredge.contract/1"
 EMBED_NAME = "feredge_contract.json"

@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.config import DetectorConfig
-from edge.errors import EdgeError
+from feredge.edge.daemon.config import DetectorConfig
+from feredge.edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
 

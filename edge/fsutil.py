@@ -62,7 +62,7 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 
 
-# A job killed before its ``finally`` (a native crash) leaves this behind: export.isolate removes it.
+# A job killed before its ``finally`` (a native crash) leaves this behind: feredge.export.isolate removes it.
 STAGING_PREFIX = ".feredge-staging-"
 
 

@@ -7,7 +7,7 @@ dequantises. An interpreter is not thread-safe: use one ``Classifier`` per threa
 
 Example::
 
-    from edge.model import Classifier
+    from feredge.edge.model import Classifier
     clf = Classifier("out/fer/")            # export dir, .tflite, or None for the default model
     pred = clf.classify(face_crop_bgr)      # Prediction(label="happy", score=0.91, scores={...})
 """
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.backends import InterpreterHandle, make_interpreter
-from edge.contract import Contract, QuantParams, resolve
-from edge.errors import ContractError, EdgeError
-from edge.preprocess import dequantize, prepare, probabilities, quantize
+from feredge.edge.backends import InterpreterHandle, make_interpreter
+from feredge.edge.contract import Contract, QuantParams, resolve
+from feredge.edge.errors import ContractError, EdgeError
+from feredge.edge.preprocess import dequantize, prepare, probabilities, quantize
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Prediction:
 
 def default_model_path() -> Path:
     """The model shipped as package data (``edge/data/default/``), or a clear error."""
-    d = Path(str(resources.files("edge") / "data" / "default"))
+    d = Path(str(resources.files("feredge.edge") / "data" / "default"))
     if d.is_dir() and any(d.glob("*.tflite")):
         return d
     raise EdgeError("no default model is installed with feredge yet; pass --model PATH "

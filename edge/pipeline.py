@@ -6,10 +6,10 @@ classifying a face.
 
 Example::
 
-    from edge.model import Classifier
-    from edge.detect import FaceDetector
-    from edge.pipeline import Pipeline
-    from edge.sources import open_source
+    from feredge.edge.model import Classifier
+    from feredge.edge.detect import FaceDetector
+    from feredge.edge.pipeline import Pipeline
+    from feredge.edge.sources import open_source
 
     pipe = Pipeline(Classifier("out/fer"), FaceDetector())
     src = open_source("clip.mp4")
@@ -26,11 +26,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.detect import Box, FaceDetector
-from edge.errors import EdgeError
-from edge.model import Classifier, Prediction
-from edge.preprocess import crop_face
-from edge.sources import Frame
+from feredge.edge.detect import Box, FaceDetector
+from feredge.edge.errors import EdgeError
+from feredge.edge.model import Classifier, Prediction
+from feredge.edge.preprocess import crop_face
+from feredge.edge.sources import Frame
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The only code that turns a face crop into a model input tensor.
 
 The exporter's calibration, the parity suite, the demo and the daemon all call these
-functions with the model's :class:`~edge.contract.InputSpec`, so a face is prepared the same
+functions with the model's :class:`~feredge.edge.contract.InputSpec`, so a face is prepared the same
 way on the workstation and on the device.
 
 Conventions: images are NumPy arrays as OpenCV hands them out — 2-D for grey, HxWx3 BGR for
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from edge.contract import InputSpec, QuantParams
+from feredge.edge.contract import InputSpec, QuantParams
 
 _INTERP = {
     "area": cv2.INTER_AREA,

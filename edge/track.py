@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import TrackingConfig
-from edge.detect import Box
-from edge.model import UNCERTAIN
+from feredge.edge.daemon.config import TrackingConfig
+from feredge.edge.detect import Box
+from feredge.edge.model import UNCERTAIN
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:

@@ -2,14 +2,14 @@
 
 Example::
 
-    from export.api import export_model
+    from feredge.export.api import export_model
     result = export_model("emotion_model.hdf5", calibration="../shared/fer2013",
                           out_dir="out/fer", normalize="symmetric")
     print(result.summary())
 
 Order of work, chosen so that bad input fails in seconds, before TensorFlow is even imported:
 check the output folder, the options and the calibration source; then load the model, build the
-contract, sample and prepare the calibration faces with :mod:`edge.preprocess`, convert, embed
+contract, sample and prepare the calibration faces with :mod:`feredge.edge.preprocess`, convert, embed
 the contract, score every artifact against the desktop model on held-out faces, and publish
 everything at once from a staging folder (a failure leaves nothing behind).
 """
@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edge.contract import (
+from feredge.edge.contract import (
     FER2013_LABELS,
     Contract,
     InputSpec,
@@ -40,14 +40,15 @@ from edge.contract import (
     embed,
     parse_normalize,
 )
-from edge.errors import FeredgeError, one_line
-from edge.fsutil import current_umask, publish, staging_dir
-from edge.preprocess import prepare_batch
-from export import calibration as cal
-from export import isolate, model_steps
-from export import report as rep
-from export.errors import ExportError
-from export.progress import progress_bar
+from feredge.edge.errors import FeredgeError, one_line
+from feredge.edge.fsutil import current_umask, publish, staging_dir
+from feredge.edge.preprocess import prepare_batch
+from feredge.export import calibration as cal
+from feredge.export import isolate
+from feredge.export.errors import ExportError
+from feredge.export.evaluate import report as rep
+from feredge.export.load import steps as model_steps
+from feredge.export.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,8 @@ def _import_tf() -> Any:
 # ---- model loading --------------------------------------------------------------------------
 
 def _load(path: str | os.PathLike[str], **kw: Any) -> tuple[Any, Any, Any]:
-    """(LoadedModel, input_geometry, output_kind) from :mod:`export.load`."""
-    from export.load import input_geometry, load_model, output_kind
+    """(LoadedModel, input_geometry, output_kind) from :mod:`feredge.export.load.model`."""
+    from feredge.export.load.model import input_geometry, load_model, output_kind
 
     return load_model(path, **kw), input_geometry, output_kind
 
@@ -310,7 +311,7 @@ class _Run:
 
 @dataclass
 class _Loaded:
-    lm: Any  # export.load.LoadedModel
+    lm: Any  # feredge.export.load.model.LoadedModel
     view: Any  # the Keras model seen through an NHWC batch
     hwc: tuple[int, int, int]
     activation: str
@@ -337,7 +338,7 @@ def export_model(model: str | os.PathLike[str], options: ExportOptions | None = 
     ``<name>.keras`` and ``<name>.json`` in ``out_dir``, plus ``export-report.json/.md``.
 
     Pass an :class:`ExportOptions` or its fields as keywords. Raises :class:`ExportError` /
-    :class:`~edge.errors.ContractError` for bad input.
+    :class:`~feredge.edge.errors.ContractError` for bad input.
     """
     opts = (options or ExportOptions(**kwargs)).validate()
     with quiet_native_logs(enabled=True):
@@ -454,7 +455,7 @@ def _contract_phase(run: _Run, loaded: _Loaded) -> Contract:
 
 def _sets_phase(run: _Run, source: cal.ImageSet, contract: Contract) -> _Sets:
     """The calibration sample, the selection faces and the held-out faces, prepared by
-    :mod:`edge.preprocess`."""
+    :mod:`feredge.edge.preprocess`."""
     o, ph = run.opts, run.ph
     dev, desk = contract.input, contract.input.desktop()
     ph.start(f"sampling {o.samples} calibration faces")
@@ -531,7 +532,8 @@ def _device_view(view: Any, spec: InputSpec) -> Any:
 
 def _selection(run: _Run, loaded: _Loaded, contract: Contract, sets: _Sets) -> Any:
     """The selection faces with the desktop model's probabilities on them (None: no selection)."""
-    from export import runners, tflite
+    from feredge.export.convert import tflite
+    from feredge.export.evaluate import runners
 
     if sets.x_sel is None:
         return None
@@ -542,7 +544,7 @@ def _selection(run: _Run, loaded: _Loaded, contract: Contract, sets: _Sets) -> A
 def _convert_phase(run: _Run, loaded: _Loaded, contract: Contract, sets: _Sets, stage: Path,
                    out: Path) -> dict[str, Any]:
     """Every target format into ``stage`` (one module each), the contract embedded in each."""
-    from export import tflite
+    from feredge.export.convert import tflite
 
     ph, name, o = run.ph, contract.name, run.opts
     device_view = _device_view(loaded.view, contract.input)
@@ -579,8 +581,8 @@ DIAGNOSE_BELOW = 0.99
 
 
 def _diagnose(run: _Run, device_view: Any, sets: _Sets, selection: Any, choice: Any) -> None:
-    """Name why the int8 TFLite falls short of 99 % on the selection faces (export.int8diag)."""
-    from export import int8diag
+    """Name why the int8 TFLite falls short of 99 % on the selection faces (feredge.export.evaluate.int8diag)."""
+    from feredge.export.evaluate import int8diag
 
     run.ph.start("diagnosing the int8 TFLite's disagreement", "tflite_diagnosis", "int8 TFLite")
     with progress_bar(total=int8diag.steps(choice.calibrated), desc="int8 diagnosis (one op in float at a time)",
@@ -596,7 +598,8 @@ def _onnx_step(run: _Run, device_view: Any, hwc: tuple[int, int, int], contract:
                selection: Any, stage: Path) -> tuple[Path, Path, dict[str, Any]]:
     """fp32 ONNX (normalisation folded into the first Conv where exact) and its int8 QDQ twin,
     with the calibration method that agrees best on the selection faces when ``auto``."""
-    from export import onnxconv, runners
+    from feredge.export.convert import onnx as onnxconv
+    from feredge.export.evaluate import runners
 
     ph, name, o = run.ph, contract.name, run.opts
     f_onnx, f_qonnx = stage / f"{name}.onnx", stage / f"{name}.int8.onnx"
@@ -652,8 +655,8 @@ def _save_desktop(run: _Run, loaded: _Loaded, stage: Path, name: str) -> Path:
 
 
 def _edgetpu_phase(run: _Run, fb: Any, f_tfl: Path, stage: Path, out: Path, contract: Contract) -> Any:
-    from export import edgetpu as etpu
-    from export import tflite
+    from feredge.export.convert import edgetpu as etpu
+    from feredge.export.convert import tflite
 
     run.ph.start("checking Edge TPU compatibility", "edgetpu", f_tfl.name)
     res = etpu.compile_model(f_tfl, stage, etpu.check(fb), name=contract.name, final_dir=out)
@@ -671,8 +674,8 @@ def _edgetpu_phase(run: _Run, fb: Any, f_tfl: Path, stage: Path, out: Path, cont
 
 def _score_phase(run: _Run, view: Any, contract: Contract, conv: dict[str, Any], sets: _Sets) -> dict[str, Any]:
     """Every artifact against the desktop model on the held-out faces (the device's runners)."""
-    from export import runners
-    from export.scoring import compare
+    from feredge.export.evaluate import runners
+    from feredge.export.evaluate.scoring import compare
 
     run.ph.start(f"scoring artifacts on {len(sets.x_held)} held-out faces", "evaluate_keras", "desktop model")
     p_ref = runners.probs(runners.run_keras(view, sets.x_held_ref), contract)
@@ -696,7 +699,7 @@ def _score_phase(run: _Run, view: Any, contract: Contract, conv: dict[str, Any],
 
 
 def _accuracy(p: Any, y: Any) -> float | None:
-    from export.scoring import accuracy
+    from feredge.export.evaluate.scoring import accuracy
 
     return accuracy(p, y) if y is not None else None
 

@@ -2,7 +2,7 @@
 
 Every reader yields an :class:`ImageSet` of OpenCV images (uint8, 2-D grey or HxWx3 BGR) with
 the source's OWN class names. Turning them into model input is left to
-:func:`edge.preprocess.prepare_batch` so calibration sees exactly what the device sees, and
+:func:`feredge.edge.preprocess.prepare_batch` so calibration sees exactly what the device sees, and
 mapping classes to model outputs goes by name (:meth:`ImageSet.labels_for`), because FER2013's
 folder order (alphabetical) and its CSV order differ.
 
@@ -24,9 +24,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.contract import FER2013_LABELS
-from export.errors import ExportError, NoTestPart
-from export.progress import progress_bar
+from feredge.edge.contract import FER2013_LABELS
+from feredge.export.errors import ExportError, NoTestPart
+from feredge.export.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

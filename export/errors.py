@@ -1,6 +1,6 @@
 """The workstation side's user-facing error (printed as one line by the CLI, exit 2)."""
 
-from edge.errors import FeredgeError
+from feredge.edge.errors import FeredgeError
 
 
 class ExportError(FeredgeError):

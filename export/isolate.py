@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from edge.errors import FeredgeError, InternalError, one_line
-from edge.fsutil import STAGING_PREFIX
-from export.errors import ExportError
+from feredge.edge.errors import FeredgeError, InternalError, one_line
+from feredge.edge.fsutil import STAGING_PREFIX
+from feredge.export.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _crash_message(job: str, code: int | None, last: tuple[str, str, str | None]
 
 def _child(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], verbose: bool) -> None:
     global _conn
-    from edge.cli import _on_sigterm, _setup_logging
+    from feredge.edge.cli.main import _on_sigterm, _setup_logging
 
     _setup_logging(verbose)
     signal.signal(signal.SIGTERM, _on_sigterm)

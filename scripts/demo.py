@@ -22,7 +22,7 @@ SHARED = ROOT.parent / "shared"
 
 
 def feredge(*args: str, stdout=None) -> None:
-    cmd = [sys.executable, "-m", "edge.cli", *args]
+    cmd = [sys.executable, "-m", "feredge", *args]
     print("$ feredge " + " ".join(args), flush=True)
     r = subprocess.run(cmd, stdout=stdout)
     if r.returncode != 0:

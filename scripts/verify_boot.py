@@ -211,7 +211,7 @@ path = "-"
 
 def write_card(run_dir: Path, guest: Path, video: Path) -> tuple[Path, Path]:
     """root.img and boot.img for one run."""
-    from export.bundle import build_bundle
+    from feredge.export.bundle.build import build_bundle
 
     for f in run_dir.glob("*.img"):
         f.unlink()

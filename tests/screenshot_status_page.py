@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import ROOT, SHARED, chromium, make_config, start, stop, wait_until
 
-from edge.daemon import Daemon
-from edge.model import default_model_path
+from feredge.edge.daemon.run import Daemon
+from feredge.edge.model import default_model_path
 
 log = logging.getLogger("screenshot")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from helpers import CACHE, need
 
-from edge.cli import main
-from export.bundle import TARGETS, build_bundle
+from feredge.edge.cli.main import main
+from feredge.export.bundle.build import TARGETS, build_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 EXEC = "/opt/feredge/venv/bin/feredge"
@@ -77,7 +77,7 @@ def test_lock_pins_every_wheel_with_its_hash(bookworm_bundle):
         entries[m.group(1)] = (m.group(3), m.group(4))
     wheels = list((bookworm_bundle / "wheelhouse").glob("*.whl"))
     assert len(entries) == len(wheels) - 1  # all but pip (the installer itself)
-    from edge.fsutil import sha256_file
+    from feredge.edge.fsutil import sha256_file
 
     for whl in wheels:
         name = whl.name.split("-")[0].lower().replace("_", "-")
@@ -86,7 +86,10 @@ def test_lock_pins_every_wheel_with_its_hash(bookworm_bundle):
     # the feredge wheel is this checkout, with its package data
     fwheel = next((bookworm_bundle / "wheelhouse").glob("feredge-*.whl"))
     names = zipfile.ZipFile(fwheel).namelist()
-    assert "edge/cli.py" in names and "export/bundle.py" in names
+    for name in ("feredge/edge/cli/main.py", "feredge/export/bundle/build.py", "feredge/edge/daemon/web/app.js",
+                 "feredge/templates/bundle/install.sh", "feredge/templates/systemd/feredge.service"):
+        assert name in names, name
+    assert not [n for n in names if n.startswith(("edge/", "export/"))], "generic top-level packages in the wheel"
 
 
 def test_checksums_cover_every_file(bookworm_bundle):
@@ -107,7 +110,7 @@ def test_checksums_cover_every_file(bookworm_bundle):
 
 
 def test_bundled_config_uses_a_real_camera_and_the_bundled_model(bookworm_bundle):
-    from edge.config import load
+    from feredge.edge.daemon.config import load
 
     cfg = load(bookworm_bundle / "config" / "config.toml")
     assert [c.source for c in cfg.camera] == ["auto"]
@@ -162,9 +165,9 @@ def test_missing_model_path(tmp_path, capsys):
 def test_no_default_model_says_pass_model(tmp_path, capsys, monkeypatch):
     empty = tmp_path / "edge"
     (empty / "data" / "default").mkdir(parents=True)
-    import edge.model
+    import feredge.edge.model
 
-    monkeypatch.setattr(edge.model.resources, "files", lambda pkg: empty)
+    monkeypatch.setattr(feredge.edge.model.resources, "files", lambda pkg: empty)
     rc, err = _cli(capsys, "--target", "rpi-bookworm-arm64", "--out", str(tmp_path / "b"))
     assert rc == 2 and "no default model" in err and "pass --model" in err
 
@@ -259,7 +262,7 @@ def _hostname_shims(tmp_path: Path, current: str, hostnamectl_works: bool) -> di
 
 @pytest.mark.parametrize("hostnamectl_works", [True, False], ids=["hostnamectl", "no-dbus"])
 def test_set_hostname_renames_a_default_pi_after_its_node_id(tmp_path, hostnamectl_works):
-    from edge.identity import default_node_id
+    from feredge.edge.daemon.identity import default_node_id
 
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/hostname").write_text("raspberrypi\n")

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.contract import FER2013_LABELS, InputSpec, Normalize
-from edge.preprocess import prepare_batch
-from export.calibration import read_heldout, read_source
-from export.errors import ExportError
+from feredge.edge.contract import FER2013_LABELS, InputSpec, Normalize
+from feredge.edge.preprocess import prepare_batch
+from feredge.export.calibration import read_heldout, read_source
+from feredge.export.errors import ExportError
 
 FOLDER_CLASSES = sorted(FER2013_LABELS)  # folders sort alphabetically: ..., neutral, sad, surprise
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge import config as C
-from edge.cli import main
+from feredge.edge.cli.main import main
+from feredge.edge.daemon import config as C
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "systemd" / "config.example.toml"

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import contract as C
-from edge import preprocess as P
-from edge.errors import ContractError
+from feredge.edge import contract as C
+from feredge.edge import preprocess as P
+from feredge.edge.errors import ContractError
 
 
 def make_contract(**input_kw) -> C.Contract:

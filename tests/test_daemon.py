@@ -35,10 +35,10 @@ from helpers import (
     wait_until,
 )
 
-from edge.cli import main
-from edge.daemon import Daemon, valid_image
-from edge.notify import Notifier
-from edge.sinks.jsonl import RotatingWriter
+from feredge.edge.cli.main import main
+from feredge.edge.daemon.notify import Notifier
+from feredge.edge.daemon.run import Daemon, valid_image
+from feredge.edge.daemon.sinks.jsonl import RotatingWriter
 
 # ---- small pieces -----------------------------------------------------------------------------
 
@@ -74,7 +74,7 @@ def test_notify_without_socket_is_a_noop_and_watchdog_interval(monkeypatch):
 def test_metrics_exposition_format():
     """The documented names in the text format, series from the start, no _created series, and the
     process collector (prometheus_client) beside them."""
-    from edge.metrics import DaemonMetrics
+    from feredge.edge.daemon.metrics import DaemonMetrics
 
     m = DaemonMetrics()
     m.faces.labels(camera="cam0", expression='a"b').inc()
@@ -134,7 +134,7 @@ def test_failing_and_silent_camera_goes_offline_and_reconnects(edge_model, face_
         opened.append(src)
         return src
 
-    caplog.set_level("DEBUG", logger="edge.sources.reconnect")
+    caplog.set_level("DEBUG", logger="feredge.edge.sources.reconnect")
     rec = RecordingSink()
     cfg = make_config(edge_model)
     d = Daemon(cfg, openers={"cam0": (opener, False, True)}, extra_sinks=[rec])
@@ -362,7 +362,7 @@ def test_sigterm_clean_exit_with_notify(edge_model, woman_video, tmp_path):
     env = {**os.environ, "NOTIFY_SOCKET": sock, "WATCHDOG_USEC": "2000000", "PYTHONUNBUFFERED": "1"}
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "run", "--model", str(edge_model), "--source", str(woman_video),
+        [sys.executable, "-m", "feredge", "run", "--model", str(edge_model), "--source", str(woman_video),
          "--loop", "--pace", "realtime", "--http-port", "0", "--set", "daemon.status_interval=0.5"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -387,7 +387,7 @@ def test_sigterm_clean_exit_with_notify(edge_model, woman_video, tmp_path):
 
 
 def test_process_missing_model_exits_2(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--model", str(tmp_path / "x.tflite")],
+    r = subprocess.run([sys.executable, "-m", "feredge", "run", "--model", str(tmp_path / "x.tflite")],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if "feredge run: error:" in line]

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from helpers import RecordingSink, make_config, start, stop, wait_until
 
-from edge.config import CameraConfig, ConfigError
-from edge.daemon import Daemon
-from edge.detect import FaceDetector
-from edge.errors import EdgeError
-from edge.sources.reconnect import VideoFileSource, make_opener
-from edge.sources.spec import parse_spec
+from feredge.edge.daemon.config import CameraConfig, ConfigError
+from feredge.edge.daemon.run import Daemon
+from feredge.edge.detect import FaceDetector
+from feredge.edge.errors import EdgeError
+from feredge.edge.sources.reconnect import VideoFileSource, make_opener
+from feredge.edge.sources.spec import parse_spec
 
 MAIN = (640, 480)
 
@@ -140,7 +140,7 @@ def test_picamera2_missing_module_is_a_clear_error(monkeypatch):
 
 
 def test_auto_picks_picamera2_when_present_else_v4l2(monkeypatch, photo):
-    import edge.sources.v4l2 as v4l2
+    import feredge.edge.sources.v4l2 as v4l2
 
     monkeypatch.setitem(sys.modules, "picamera2", fake_picamera2_module(photo, cameras=1))
     opener, finite, live = make_opener(CameraConfig(source="auto"))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from helpers import need
 
-from edge.cli import main
-from edge.contract import Contract, extract, resolve
-from edge.fsutil import sha256_file
+from feredge.edge.cli.main import main
+from feredge.edge.contract import Contract, extract, resolve
+from feredge.edge.fsutil import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
@@ -46,8 +46,8 @@ def test_int8_accuracy_reproduces_the_model_card(fer2013_dir: Path):
     no --model) and compare with the figure the model card was written from."""
     import numpy as np
 
-    from edge.model import Classifier
-    from export.calibration import read_source
+    from feredge.edge.model import Classifier
+    from feredge.export.calibration import read_source
 
     card = json.loads((MODELS / "metrics.json").read_text())
     claimed = card["artifacts"][f"{NAME}.int8.tflite"]["accuracy"]
@@ -77,7 +77,7 @@ def test_classify_uses_the_default_model(astronaut_bgr, tmp_path: Path, capsys):
 
 
 def test_calibration_list_is_the_exporters_sample(fer2013_dir: Path):
-    from export.calibration import read_source
+    from feredge.export.calibration import read_source
 
     listed = [ln for ln in (ROOT / "calibration_data" / f"{NAME}.txt").read_text().splitlines()
               if ln and not ln.startswith("#")]

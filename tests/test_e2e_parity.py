@@ -19,12 +19,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.model import Classifier
-from edge.preprocess import prepare
-from export import scoring as M
-from export.footage import read_frames, runtime_faces
-from export.parity import DEFAULT_MIN_AGREEMENT_FLOAT, DEFAULT_MIN_AGREEMENT_INT8
-from export.runners import run_keras as run_reference
+from feredge.edge.model import Classifier
+from feredge.edge.preprocess import prepare
+from feredge.export.evaluate import scoring as M
+from feredge.export.evaluate.footage import read_frames, runtime_faces
+from feredge.export.evaluate.parity import DEFAULT_MIN_AGREEMENT_FLOAT, DEFAULT_MIN_AGREEMENT_INT8
+from feredge.export.evaluate.runners import run_keras as run_reference
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def fer_training_preprocessing(crop_bgr: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def e2e(fer_export, woman_video, astronaut_bgr):
-    from export.load import load_model
+    from feredge.export.load.model import load_model
 
     out = Path(fer_export)
     tflite = next(out.glob("*.int8.tflite"))
@@ -106,7 +106,7 @@ def test_e2e_check_catches_a_skewed_contract(e2e, fer_export, woman_video):
     """The check can fail: the same int8 model run by the device with a contract that says x/255
     (what a wrong ``--normalize unit`` would write) disagrees with the desktop model's training
     preprocessing well below the threshold."""
-    from edge.contract import Normalize, extract
+    from feredge.edge.contract import Normalize, extract
 
     tflite = next(Path(fer_export).glob("*.int8.tflite"))
     contract = extract(tflite)

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edge.cli import main
+from feredge.edge.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_classify_bad_input_exit_2(model_dir: Path, astronaut_jpg: Path, tmp_pat
 
 
 def _feredge(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "feredge", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=120, **kw)
 
 
@@ -146,8 +146,8 @@ def test_missing_and_tampered_model_one_line_exit_2(model_dir: Path, astronaut_j
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     # both hashes in full: two prefixes can be equal when the files differ further on
-    from edge.contract import Contract
-    from edge.fsutil import sha256_file
+    from feredge.edge.contract import Contract
+    from feredge.edge.fsutil import sha256_file
 
     recorded = Contract.load(_contract(bad)).artifacts[p.name]["sha256"]
     assert lines[0] == (f"feredge classify: error: {p} does not match its contract: its sha256 is {sha256_file(p)}, "
@@ -191,7 +191,7 @@ def test_doctor(model_dir: Path, capsys):
 def test_doctor_without_a_usable_interpreter_exits_1(capsys):
     # tflite-runtime is not installed here (Python 3.11 wheels stop at 2.14 and the project
     # uses LiteRT), so asking doctor to check it is a real "nothing can run" case.
-    from edge import backends
+    from feredge.edge import backends
 
     if backends.backend_module("tflite-runtime").available():
         pytest.skip("tflite-runtime is installed here")
@@ -207,20 +207,20 @@ def test_edge_never_loads_tensorflow(model_dir: Path, astronaut_jpg: Path):
     where TensorFlow *is* installed: none of tensorflow, keras, tf_keras may end up loaded."""
     script = textwrap.dedent(f"""
         import importlib, pkgutil, sys, json
-        import edge
+        import feredge.edge
         hardware_only = {{"picamera2", "libcamera", "systemd"}}  # not installable off a Pi
         failed = []
-        for m in pkgutil.walk_packages(edge.__path__, "edge."):
+        for m in pkgutil.walk_packages(feredge.edge.__path__, "feredge.edge."):
             try:
                 importlib.import_module(m.name)
             except ImportError as e:
                 if (e.name or "").split(".")[0] not in hardware_only:
                     failed.append(f"{{m.name}}: {{e}}")
-        from edge.cli import main
+        from feredge.edge.cli.main import main
         rc = main(["classify", "--model", {str(model_dir)!r}, {str(astronaut_jpg)!r}, "--json"])
         bad = sorted(n for n in sys.modules if n.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
         print(json.dumps({{"rc": rc, "bad": bad, "failed": failed,
-                          "n": sum(1 for n in sys.modules if n.startswith("edge."))}}))
+                          "n": sum(1 for n in sys.modules if n.startswith("feredge.edge."))}}))
     """)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
                        env={**os.environ, "PYTHONWARNINGS": "ignore"})

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.detect import DetectorConfig, FaceDetector, find_cascade
-from edge.errors import EdgeError
-from edge.preprocess import crop_face
-from edge.sources import Frame, FrameSource, open_source
+from feredge.edge.detect import DetectorConfig, FaceDetector, find_cascade
+from feredge.edge.errors import EdgeError
+from feredge.edge.preprocess import crop_face
+from feredge.edge.sources import Frame, FrameSource, open_source
 
 
 def _iou(a, b) -> float:

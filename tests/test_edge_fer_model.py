@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edge.cli import main
-from edge.model import Classifier
+from feredge.edge.cli.main import main
+from feredge.edge.model import Classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def test_video_every_frame_has_the_face(fer_export: Path, woman_video: Path, tmp
 def test_no_tensorflow_with_the_real_model(fer_export: Path, woman_video: Path):
     script = textwrap.dedent(f"""
         import sys, json
-        from edge.cli import main
+        from feredge.edge.cli.main import main
         rc = main(["classify", "--model", {str(fer_export)!r}, {str(woman_video)!r}, "--json", "--max-frames", "3"])
         bad = sorted(n for n in sys.modules if n.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
         print(json.dumps({{"rc": rc, "bad": bad}}))

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import backends
-from edge.backends import coral
-from edge.contract import Contract, QuantParams
-from edge.errors import ContractError, EdgeError
-from edge.model import UNCERTAIN, Classifier, default_model_path
-from edge.preprocess import dequantize, quantize
+from feredge.edge import backends
+from feredge.edge.backends import coral
+from feredge.edge.contract import Contract, QuantParams
+from feredge.edge.errors import ContractError, EdgeError
+from feredge.edge.model import UNCERTAIN, Classifier, default_model_path
+from feredge.edge.preprocess import dequantize, quantize
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_contract_quantisation_must_match_the_tensor(edge_tiny_model: Path, tmp_
 
 
 def test_model_without_contract_is_refused(edge_tiny_model: Path, tmp_path: Path):
-    from edge.contract import _strip_tflite_zip
+    from feredge.edge.contract import _strip_tflite_zip
 
     p = tmp_path / "bare.tflite"
     p.write_bytes(_strip_tflite_zip((edge_tiny_model / "tiny.int8.tflite").read_bytes()))
@@ -145,7 +145,7 @@ def test_coral_required_without_library_fails_clearly(edge_tiny_model: Path):
 
 
 def test_coral_auto_falls_back_to_cpu_with_a_reason(edge_tiny_model: Path, caplog):
-    with caplog.at_level(logging.DEBUG, logger="edge.backends"):
+    with caplog.at_level(logging.DEBUG, logger="feredge.edge.backends"):
         c = Classifier(edge_tiny_model, device="auto")
     if c.handle.fallback_reason is None:
         pytest.skip("an Edge TPU is attached here")

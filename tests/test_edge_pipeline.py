@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.detect import FaceDetector, _iou
-from edge.errors import EdgeError
-from edge.model import Classifier
-from edge.pipeline import Pipeline
-from edge.sources import Frame, open_source
+from feredge.edge.detect import FaceDetector, _iou
+from feredge.edge.errors import EdgeError
+from feredge.edge.model import Classifier
+from feredge.edge.pipeline import Pipeline
+from feredge.edge.sources import Frame, open_source
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.cli import main
-from edge.contract import FER2013_LABELS, Contract, extract, resolve
-from edge.fsutil import sha256_file
-from export.errors import ExportError
+from feredge.edge.cli.main import main
+from feredge.edge.contract import FER2013_LABELS, Contract, extract, resolve
+from feredge.edge.fsutil import sha256_file
+from feredge.export.errors import ExportError
 
 FOLDERS = sorted(FER2013_LABELS)
 
@@ -70,7 +70,7 @@ def test_fer_export_contract_is_embedded(fer_export: Path):
 
 
 def test_fer_calibration_hash_is_reproducible(fer_export: Path, fer2013_dir: Path):
-    from export.calibration import read_source
+    from feredge.export.calibration import read_source
 
     c = Contract.load(fer_export / "emotion_model.json")
     again = read_source(fer2013_dir, "train", progress=False).sample(500, seed=0)
@@ -115,10 +115,10 @@ def test_fer_int8_agreement_recomputed_on_device_path(fer_export: Path, fer2013_
     invoke, dequantise) against the desktop model fed by the same preprocessing."""
     import keras
 
-    from edge.model import Classifier
-    from edge.preprocess import prepare_batch
-    from export.calibration import read_source
-    from export.scoring import compare
+    from feredge.edge.model import Classifier
+    from feredge.edge.preprocess import prepare_batch
+    from feredge.export.calibration import read_source
+    from feredge.export.evaluate.scoring import compare
 
     test = read_source(fer2013_dir, "test", progress=False).sample(400, seed=7)
     clf = Classifier(fer_export, device="cpu")
@@ -128,7 +128,7 @@ def test_fer_int8_agreement_recomputed_on_device_path(fer_export: Path, fer2013_
     m = compare(p_ref, p_dev)
     assert m["agreement"] >= 0.95, m
     # pixel-exact input: the device's int8 input is the pixel code minus 128, nothing rounded
-    from edge.preprocess import prepare, quantize
+    from feredge.edge.preprocess import prepare, quantize
 
     img = test.images[0]
     q = quantize(prepare(img, clf.contract.input)[None], clf.contract.quant_for(clf.path.name)["input"])
@@ -136,8 +136,8 @@ def test_fer_int8_agreement_recomputed_on_device_path(fer_export: Path, fer2013_
 
 
 def test_edgetpu_check_and_instructions(fer_export: Path, tmp_path: Path, monkeypatch):
-    from export import edgetpu
-    from export.tflite import FlatbufferInfo, OpInfo, read_flatbuffer
+    from feredge.export.convert import edgetpu
+    from feredge.export.convert.tflite import FlatbufferInfo, OpInfo, read_flatbuffer
 
     info = read_flatbuffer((fer_export / "emotion_model.int8.tflite").read_bytes())
     res = edgetpu.check(info)
@@ -232,7 +232,7 @@ def test_rgb_model_gets_grey_calibration_as_rgb(tiny, tmp_path: Path, capsys):
 
 
 def test_sigmoid_model_is_a_one_label_binary_classifier(tiny, tmp_path: Path):
-    from export.api import export_model
+    from feredge.export.api import export_model
 
     res = export_model(tiny["binary"], calibration=tiny["plain"], out_dir=tmp_path / "b",
                        samples=16, normalize="unit", progress=False, edgetpu=True)
@@ -249,7 +249,7 @@ def test_verify_rejects_float_tflite(tiny):
     import keras
     import tensorflow as tf
 
-    from export.tflite import verify_int8
+    from feredge.export.convert.tflite import verify_int8
 
     m = keras.models.load_model(tiny["binary"])
     conv = tf.lite.TFLiteConverter.from_keras_model(m)
@@ -399,7 +399,7 @@ def test_mlp_on_28x28_with_npz_calibration(tmp_path: Path):
     .npz: the exporter feeds it NHWC through a Reshape view; the TFLite input is (1, 28, 28, 1)."""
     import keras
 
-    from export.api import export_model
+    from feredge.export.api import export_model
 
     keras.utils.set_random_seed(1)
     mlp = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(16, activation="relu"),
@@ -433,7 +433,7 @@ def test_cli_subprocess_output_is_clean(tiny, tmp_path: Path):
     out = tmp_path / "o"
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "FEREDGE_TF_LOGS")}
     env["FEREDGE_ISOLATE"] = "1"  # as a user runs it: the job in a spawned child
-    r = subprocess.run([sys.executable, "-m", "edge.cli", "export", str(tiny["rgb"]), "--calibration",
+    r = subprocess.run([sys.executable, "-m", "feredge", "export", str(tiny["rgb"]), "--calibration",
                         str(tiny["data"]), "--samples", "20", "--normalize", "unit", "--out", str(out)],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -451,7 +451,7 @@ def test_edgetpu_compiler_run_and_rename(tiny, tmp_path: Path, monkeypatch):
     import os
     import stat
 
-    from export.api import export_model
+    from feredge.export.api import export_model
 
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -479,7 +479,7 @@ def test_op_without_int8_kernel_is_named():
     fail and name that op, not the DEQUANTIZE."""
     import keras
 
-    from export.tflite import convert_int8
+    from feredge.export.convert.tflite import convert_int8
 
     class SortChannels(keras.layers.Layer):
         def call(self, t):
@@ -498,7 +498,7 @@ def test_kaggle_csv_calibration_and_publictest_heldout(tiny, tmp_path: Path):
     check on PublicTest rows, labels in the CSV's own (FER2013) order."""
     import csv
 
-    from export.api import export_model
+    from feredge.export.api import export_model
 
     p = tmp_path / "fer2013.csv"
     with open(p, "w", newline="") as f:
@@ -546,7 +546,7 @@ def test_onnx_folds_the_input_normalisation_only_where_exact(tmp_path: Path, pad
     import keras
     import onnxruntime as ort
 
-    from export.onnxconv import convert_fp32, fold_input_affine
+    from feredge.export.convert.onnx import convert_fp32, fold_input_affine
 
     inp = keras.Input((16, 16, 1))
     x = keras.layers.Conv2D(4, 3, padding=padding)(keras.layers.Rescaling(1 / 127.5, -1.0)(inp))

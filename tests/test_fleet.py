@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, Broker, Subscriber, free_port, need, wait_until
 
-from edge.errors import EdgeError
-from edge.identity import APP_ID, app_specific_id, default_node_id, node_id
+from feredge.edge.daemon.identity import APP_ID, app_specific_id, default_node_id, node_id
+from feredge.edge.errors import EdgeError
 
 pytestmark = pytest.mark.mosquitto
 
@@ -43,7 +43,7 @@ def test_default_node_id_is_what_systemd_derives(tmp_path, monkeypatch):
 
 
 def test_doctor_shows_the_node_id(monkeypatch, capsys):
-    from edge.cli import main
+    from feredge.edge.cli.main import main
 
     monkeypatch.setenv("FEREDGE_NODE_ID", "shelf-7")
     main(["doctor"])
@@ -53,7 +53,7 @@ def test_doctor_shows_the_node_id(monkeypatch, capsys):
 def test_stats_show_the_node_id(monkeypatch, edge_model):
     from helpers import make_config
 
-    from edge.daemon import Daemon
+    from feredge.edge.daemon.run import Daemon
 
     monkeypatch.setenv("FEREDGE_NODE_ID", "shelf-9")
     assert Daemon(make_config(edge_model)).stats()["node_id"] == "shelf-9"
@@ -75,7 +75,7 @@ class _Daemon:
 
     def __init__(self, model: Path, video: Path, port: int, node: str, *extra: str) -> None:
         env = {**os.environ, "FEREDGE_NODE_ID": node, "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "edge.cli", "run", "--model", str(model), "--source", str(video), "--loop",
+        cmd = [sys.executable, "-m", "feredge", "run", "--model", str(model), "--source", str(video), "--loop",
                "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port), "--http-port", "0",
                "--set", "mqtt.reconnect_min=1", "--set", "mqtt.reconnect_max=2", *extra]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

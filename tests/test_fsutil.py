@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from edge.fsutil import atomic_path, atomic_write_bytes
+from feredge.edge.fsutil import atomic_path, atomic_write_bytes
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

@@ -17,9 +17,9 @@ import time
 import pytest
 from helpers import ScriptedSource, http_get, make_config, start, stop, wait_until
 
-from edge import config as C
-from edge.daemon import Daemon
-from edge.sinks.httpserver import HEADER_TIMEOUT, host_allowed
+from feredge.edge.daemon import config as C
+from feredge.edge.daemon.run import Daemon
+from feredge.edge.daemon.sinks.httpserver import HEADER_TIMEOUT, host_allowed
 
 
 def _daemon(edge_model, face_frame, **http):
@@ -126,7 +126,7 @@ def test_host_header_is_checked_against_dns_rebinding(edge_model, face_frame):
 
 def test_token_spellings_are_redacted_and_bearer_is_case_insensitive(edge_model, face_frame, caplog):
     d, t = _daemon(edge_model, face_frame, token="t0ken-s3cret")
-    caplog.set_level(logging.DEBUG, logger="edge.sinks.http")
+    caplog.set_level(logging.DEBUG, logger="feredge.edge.daemon.sinks.http")
     try:
         base = f"http://127.0.0.1:{d.http.port}"
         assert wait_until(lambda: d.ready, 120)
@@ -160,7 +160,7 @@ def test_a_crashed_camera_loop_exits_non_zero(edge_model, face_frame):
 
 
 def test_a_reader_thread_that_cannot_start_is_an_offline_camera(edge_model, face_frame, monkeypatch):
-    from edge.sources import reconnect
+    from feredge.edge.sources import reconnect
 
     cfg = make_config(edge_model)
     src = lambda: ScriptedSource([face_frame], repeat_last=True)  # noqa: E731
@@ -230,7 +230,7 @@ def test_http_bind_and_min_score_are_checked_at_load(tmp_path):
 
 
 def test_cli_config_error_is_one_line_exit_2(tmp_path, capsys):
-    from edge.cli import main
+    from feredge.edge.cli.main import main
 
     p = tmp_path / "c.toml"
     p.write_text("[mqtt]\nhost = " + "[" * 5000 + "]" * 5000 + "\n")
@@ -259,8 +259,8 @@ def _png_header_only(path, width: int, height: int) -> None:
 
 
 def test_decompression_bomb_image_is_refused_before_decoding(tmp_path, edge_model, capsys):
-    from edge.cli import main
-    from edge.sources.images import MAX_PIXELS, image_size
+    from feredge.edge.cli.main import main
+    from feredge.edge.sources.images import MAX_PIXELS, image_size
 
     bomb = tmp_path / "huge.png"
     _png_header_only(bomb, 20000, 20000)
@@ -284,7 +284,7 @@ def test_fifo_input_is_refused_not_blocking(tmp_path, edge_model):
 
     fifo = tmp_path / "pipe.mp4"
     os.mkfifo(fifo)
-    r = subprocess.run([sys.executable, "-m", "edge.cli", "classify", "--model", str(edge_model), str(fifo)],
+    r = subprocess.run([sys.executable, "-m", "feredge", "classify", "--model", str(edge_model), str(fifo)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "not a regular file" in r.stderr and "Traceback" not in r.stderr
 
@@ -295,7 +295,7 @@ def test_keras_zip_bomb_is_refused_by_declared_sizes(tmp_path, capsys):
     import cv2
     import numpy as np
 
-    from edge.cli import main
+    from feredge.edge.cli.main import main
 
     cal = tmp_path / "cal" / "happy"
     cal.mkdir(parents=True)
@@ -319,7 +319,7 @@ def test_keras_zip_bomb_is_refused_by_declared_sizes(tmp_path, capsys):
 
 
 def test_classify_with_nothing_readable_fails(tmp_path, edge_model, capsys):
-    from edge.cli import main
+    from feredge.edge.cli.main import main
 
     d = tmp_path / "photos"
     d.mkdir()
@@ -333,8 +333,8 @@ def test_classify_with_nothing_readable_fails(tmp_path, edge_model, capsys):
 
 
 def test_parity_does_not_fall_back_to_training_faces_when_the_test_part_is_damaged(tmp_path):
-    from export.calibration import read_source
-    from export.errors import ExportError, NoTestPart
+    from feredge.export.calibration import read_source
+    from feredge.export.errors import ExportError, NoTestPart
 
     (tmp_path / "train" / "happy").mkdir(parents=True)
     (tmp_path / "test").mkdir()
@@ -356,7 +356,7 @@ def test_parity_does_not_fall_back_to_training_faces_when_the_test_part_is_damag
 def test_architecture_with_a_keras_file_is_refused(tmp_path, capsys):
     import keras
 
-    from edge.cli import main
+    from feredge.edge.cli.main import main
 
     m = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(7)])
     m.save(tmp_path / "m.keras")
@@ -373,7 +373,7 @@ def test_architecture_with_a_keras_file_is_refused(tmp_path, capsys):
 def test_h5_with_ten_thousand_layers_fails_fast_naming_the_cause(tmp_path, capsys):
     import h5py
 
-    from edge.cli import main
+    from feredge.edge.cli.main import main
 
     layers = [{"class_name": "InputLayer", "config": {"name": "in", "batch_input_shape": [None, 48, 48, 1],
                                                       "dtype": "float32"}}]
@@ -423,7 +423,7 @@ def test_two_sigterms_during_export_leave_no_traceback_and_no_files(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "export", str(tmp_path / "m.keras"), "--calibration",
+    proc = subprocess.Popen([sys.executable, "-m", "feredge", "export", str(tmp_path / "m.keras"), "--calibration",
                              str(tmp_path / "cal"), "--out", str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
@@ -446,7 +446,7 @@ def test_ctrl_c_while_run_starts_is_one_line(tmp_path, edge_model, woman_video, 
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--model", str(edge_model), "--source",
+    proc = subprocess.Popen([sys.executable, "-m", "feredge", "run", "--model", str(edge_model), "--source",
                              str(woman_video), "--loop", "--http-port", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     time.sleep(delay)  # while it imports, loads the model, opens the video
@@ -457,8 +457,8 @@ def test_ctrl_c_while_run_starts_is_one_line(tmp_path, edge_model, woman_video, 
 
 
 def test_clean_up_removes_only_the_killed_childs_staging_folder(tmp_path):
-    from edge.fsutil import STAGING_PREFIX
-    from export import isolate
+    from feredge.edge.fsutil import STAGING_PREFIX
+    from feredge.export import isolate
 
     mine, theirs = tmp_path / f"{STAGING_PREFIX}4242-abc", tmp_path / f"{STAGING_PREFIX}777-def"
     for d in (mine, theirs):
@@ -471,8 +471,8 @@ def test_clean_up_removes_only_the_killed_childs_staging_folder(tmp_path):
 def test_bundle_pip_has_a_timeout(monkeypatch):
     import subprocess
 
-    from export import bundle
-    from export.errors import ExportError
+    from feredge.export.bundle import build as bundle
+    from feredge.export.errors import ExportError
 
     seen = {}
 
@@ -510,7 +510,7 @@ def test_no_held_out_warning_reaches_the_console(tmp_path):
     import sys
 
     _tiny_model_and_faces(tmp_path, 20)
-    r = subprocess.run([sys.executable, "-m", "edge.cli", "export", str(tmp_path / "m.keras"), "--calibration",
+    r = subprocess.run([sys.executable, "-m", "feredge", "export", str(tmp_path / "m.keras"), "--calibration",
                         str(tmp_path / "cal"), "--samples", "20", "--quiet", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -520,8 +520,8 @@ def test_no_held_out_warning_reaches_the_console(tmp_path):
 def test_npz_bomb_is_refused_by_declared_size(tmp_path, monkeypatch):
     import numpy as np
 
-    from export import calibration as cal
-    from export.errors import ExportError
+    from feredge.export import calibration as cal
+    from feredge.export.errors import ExportError
 
     p = tmp_path / "faces.npz"
     np.savez_compressed(p, x=np.zeros((200, 48, 48), np.uint8))

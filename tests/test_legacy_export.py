@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from helpers import need
 
-from edge.cli import main
-from edge.contract import FER2013_LABELS, InputSpec, Normalize
+from feredge.edge.cli.main import main
+from feredge.edge.contract import FER2013_LABELS, InputSpec, Normalize
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
@@ -39,8 +39,8 @@ def fer_cases(tmp_path_factory, fer2013_dir: Path):
     need(importlib.util.find_spec("tf_keras") is not None, "tf_keras is not installed (pip install -e '.[dev]')")
     import legacy_fer_models as L
 
-    from edge.preprocess import prepare_batch
-    from export.calibration import read_source
+    from feredge.edge.preprocess import prepare_batch
+    from feredge.export.calibration import read_source
 
     spec = InputSpec(height=48, width=48, channels=1, color="gray", resize="area", normalize=Normalize(1 / 255, 0.0))
     train = read_source(fer2013_dir, "train", progress=False).sample(L.TRAIN_FACES, seed=0)
@@ -51,8 +51,8 @@ def fer_cases(tmp_path_factory, fer2013_dir: Path):
 
 
 def _desktop_matches_tf_keras(case, x_test: np.ndarray, repair: str) -> None:
-    from export.load import load_model
-    from export.runners import run_keras
+    from feredge.export.evaluate.runners import run_keras
+    from feredge.export.load.model import load_model
 
     assert len(set(case.y.argmax(1).tolist())) >= 2, "the fixture answers one class for every face"
     desktop = load_model(case.path, architecture=case.architecture)
@@ -69,8 +69,8 @@ def test_mixed_format_weights_and_json_load_like_the_full_file(fer_cases):
 
 @pytest.mark.parametrize("name", ["mixed_format", "cnn_lstm", "locally_connected"])
 def test_legacy_fer_file_exports_with_parity(fer_cases, name: str, fer2013_dir: Path, tmp_path: Path, capsys):
-    from export.load import load_model
-    from export.runners import run_keras
+    from feredge.export.evaluate.runners import run_keras
+    from feredge.export.load.model import load_model
 
     cases, x_test = fer_cases
     case = cases[name]
@@ -128,9 +128,9 @@ def test_keras3_recurrent_layers_unroll_and_export(tmp_path: Path, capsys, fer20
     outputs, then exported (rolled, the TFLite converter crashed on such loops)."""
     import keras
 
-    from export.legacy import Repairs
-    from export.model_steps import unroll_recurrent
-    from export.runners import run_keras
+    from feredge.export.evaluate.runners import run_keras
+    from feredge.export.load.legacy import Repairs
+    from feredge.export.load.steps import unroll_recurrent
 
     keras.utils.set_random_seed(3)
     L = keras.layers

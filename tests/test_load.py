@@ -1,4 +1,4 @@
-"""export.load: every way a Keras model arrives, loaded into Keras 3 and repaired in memory.
+"""feredge.export.load.model: every way a Keras model arrives, loaded into Keras 3 and repaired in memory.
 
 The legacy files are written by ``tests/legacy_models.py`` with tf_keras (Keras 2) in a
 separate process, which also records each ORIGINAL model's outputs on a fixed input. A case
@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 import pytest
 
-from export.errors import ExportError
-from export.load import LoadedModel, input_geometry, load_model, output_kind, sha256_source
+from feredge.export.errors import ExportError
+from feredge.export.load.model import LoadedModel, input_geometry, load_model, output_kind, sha256_source
 
 sys.path.insert(0, str(Path(__file__).parent))
 from legacy_models import load_cases
@@ -151,7 +151,7 @@ def test_lambda_bytecode_from_another_python_is_reported(legacy, tmp_path):
 
 
 def test_labels_from_h5_attrs_and_contract_hint(legacy, tmp_path):
-    from edge.contract import Contract
+    from feredge.edge.contract import Contract
 
     p = tmp_path / "mlp.h5"
     shutil.copy(legacy["mnist-mlp"].path, p)
@@ -391,8 +391,8 @@ def calib_npy(tmp_path_factory) -> Path:
 
 
 def test_bad_inputs_through_cli(bad, legacy, calib_npy, tmp_path, capsys):
-    pytest.importorskip("export.api")
-    from edge.cli import main
+    pytest.importorskip("feredge.export.api")
+    from feredge.edge.cli.main import main
 
     picks = {"missing file", "truncated h5", "hdf5 not keras", "weights without architecture",
              "architecture/weights mismatch", "builder function missing", "input not an image",

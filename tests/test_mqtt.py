@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import Broker, ScriptedSource, Subscriber, free_port, make_config, need, start, stop, wait_until
 
-from edge.daemon import Daemon
+from feredge.edge.daemon.run import Daemon
 
 pytestmark = pytest.mark.mosquitto
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +131,7 @@ def test_last_will_marks_a_killed_daemon_offline(tmp_path, edge_model, woman_vid
     broker = Broker(tmp_path, port).start()
     sub = Subscriber(port)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "run", "--model", str(edge_model), "--source", str(woman_video),
+        [sys.executable, "-m", "feredge", "run", "--model", str(edge_model), "--source", str(woman_video),
          "--loop", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port), "--http-port", "0",
          "--set", "mqtt.node_id='feredge-will'"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -162,7 +162,7 @@ def test_example_config_end_to_end(tmp_path, edge_model, woman_video):
     sub = Subscriber(port)
     example = ROOT / "systemd" / "config.example.toml"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "run", "--config", str(example), "--model", str(edge_model),
+        [sys.executable, "-m", "feredge", "run", "--config", str(example), "--model", str(edge_model),
          "--mqtt-host", "127.0.0.1", "--mqtt-port", str(port), "--http-port", str(http_port),
          "--set", "mqtt.node_id='feredge-example'", "--set", "jsonl.mode='frames'"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -204,9 +204,9 @@ def test_connection_failures_say_why_and_connected_starts_at_zero(tmp_path, capl
     == 0 fires for a daemon that never connected."""
     import logging
 
-    from edge.config import MqttConfig
-    from edge.metrics import DaemonMetrics
-    from edge.sinks.mqtt import MqttSink
+    from feredge.edge.daemon.config import MqttConfig
+    from feredge.edge.daemon.metrics import DaemonMetrics
+    from feredge.edge.daemon.sinks.mqtt import MqttSink
 
     port = free_port()
     broker = Broker(tmp_path, port)
@@ -226,7 +226,7 @@ def test_connection_failures_say_why_and_connected_starts_at_zero(tmp_path, capl
         ({"host": "127.0.0.1", "port": port, "username": "alice"},
          "the broker refused the connection: Not authorized (check mqtt.username and the password)"),
     ]
-    caplog.set_level(logging.DEBUG, logger="edge.sinks.mqtt")
+    caplog.set_level(logging.DEBUG, logger="feredge.edge.daemon.sinks.mqtt")
     try:
         for settings, reason in cases:
             caplog.clear()

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.cli import main
-from edge.contract import Contract, InputSpec, Normalize, OutputSpec, embed, extract
+from feredge.edge.cli.main import main
+from feredge.edge.contract import Contract, InputSpec, Normalize, OutputSpec, embed, extract
 
 LABELS = ["calm", "busy", "dark"]
 SIZE = 8
@@ -102,7 +102,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     # Labelled data: a folder of class folders (names match the model labels). The true class is
     # the float model's own answer, except for every 5th face, which is moved to the next class:
     # the reference then scores exactly 80 %, and a label-shuffled candidate far less.
-    from edge.preprocess import prepare_batch
+    from feredge.edge.preprocess import prepare_batch
 
     data = root / "data"
     imgs = _images(rng, N_DATA)
@@ -289,7 +289,7 @@ def test_sigmoid_binary_classifier(tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edge.preprocess import prepare_batch
+    from feredge.edge.preprocess import prepare_batch
 
     rng = np.random.default_rng(3)
     w = rng.normal(0, 0.3, (SIZE * SIZE, 1)).astype(np.float32)
@@ -494,7 +494,7 @@ def fer_parity(fer_export, fer2013_dir, tmp_path_factory):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "edge.cli", "parity", "--quiet", "--reference", str(out / f"{name}.keras"),
+    cmd = [sys.executable, "-m", "feredge", "parity", "--quiet", "--reference", str(out / f"{name}.keras"),
            "--candidate", str(out / f"{name}.int8.tflite"), "--candidate", str(out / f"{name}.onnx"),
            "--candidate", str(out / f"{name}.int8.onnx"), "--data", str(fer2013_dir / "test"),
            "--min-agreement", "0.95", "--report", str(rep)]

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from helpers import CACHE, need
 
-from export.bundle import TARGETS, build_bundle, tree_hash
+from feredge.export.bundle.build import TARGETS, build_bundle, tree_hash
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -175,7 +175,7 @@ def test_classify_a_real_face_on_emulated_arm64(installed, astronaut_png, model_
     model = installed["root"] / "opt" / "feredge" / "model"
     t = time.monotonic()
     r = subprocess.run([str(installed["qemu"]), "-L", str(installed["sysroot"]), str(venv_python),
-                        "-m", "edge.cli", "classify", "--json", "--model", str(model), str(astronaut_png)],
+                        "-m", "feredge", "classify", "--json", "--model", str(model), str(astronaut_png)],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
     took = time.monotonic() - t
     assert r.returncode == 0, r.stderr[-3000:]
@@ -183,12 +183,12 @@ def test_classify_a_real_face_on_emulated_arm64(installed, astronaut_png, model_
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(result["faces"]) == 1, result
     face = result["faces"][0]
-    from edge.contract import resolve
+    from feredge.edge.contract import resolve
 
     labels = resolve(model_dir)[1].labels
     assert face["label"] in labels and face["label"] != "uncertain"
     # The same model on this x86_64 machine says the same thing.
-    host = subprocess.run([sys.executable, "-m", "edge.cli", "classify", "--json", "--model", str(model_dir),
+    host = subprocess.run([sys.executable, "-m", "feredge", "classify", "--json", "--model", str(model_dir),
                            str(astronaut_png)], capture_output=True, text=True, timeout=120)
     assert host.returncode == 0, host.stderr
     on_host = json.loads(host.stdout.strip().splitlines()[-1])["faces"][0]

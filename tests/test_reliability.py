@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from helpers import ROOT, MjpegCamera, RecordingSink, http_get, make_config, start, stop, wait_until
 
-from edge import config as C
-from edge import jsonsafe
-from edge.cli import main
-from edge.daemon import Daemon
-from edge.sinks.jsonl import JsonlSink
-from edge.sources.spec import parse_spec, redact, redact_text, with_password
+from feredge.edge import jsonsafe
+from feredge.edge.cli.main import main
+from feredge.edge.daemon import config as C
+from feredge.edge.daemon.run import Daemon
+from feredge.edge.daemon.sinks.jsonl import JsonlSink
+from feredge.edge.sources.spec import parse_spec, redact, redact_text, with_password
 
 PASSWORD = "p@ss w0rd"  # URL-hostile on purpose: "@" and a space must be percent-encoded
 USER = "viewer"
@@ -34,7 +34,7 @@ USER = "viewer"
 
 def _feredge(*args: str, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "feredge", *args], capture_output=True, text=True, env=env,
                           timeout=300, cwd=ROOT, **kw)
 
 
@@ -118,7 +118,7 @@ def test_http_request_log_never_shows_the_token(edge_model, face_frame, caplog):
 
     cfg = make_config(edge_model, http={"enabled": True, "port": 0, "token": "t0ken-value"})
     d = Daemon(cfg, openers={"cam0": (lambda: ScriptedSource([face_frame], repeat_last=True), False, True)})
-    caplog.set_level(logging.DEBUG, logger="edge.sinks.http")
+    caplog.set_level(logging.DEBUG, logger="feredge.edge.daemon.sinks.http")
     t = start(d)
     try:
         base = f"http://127.0.0.1:{d.http.port}"
@@ -145,13 +145,13 @@ def test_whitespace_only_secrets_are_refused(value, monkeypatch, tmp_path):
 # ---- bad input and faults -----------------------------------------------------------------------
 
 def test_closed_stdout_ends_classify_quietly(woman_video):
-    proc = subprocess.run(f"'{sys.executable}' -m edge.cli classify --json '{woman_video}' | head -1",
+    proc = subprocess.run(f"'{sys.executable}' -m feredge classify --json '{woman_video}' | head -1",
                           shell=True, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, executable="/bin/bash")
     assert json.loads(proc.stdout)["frame"] == 0
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
     pipe = subprocess.run(["bash", "-o", "pipefail", "-c",
-                           f"'{sys.executable}' -m edge.cli classify --json '{woman_video}' | head -1 >/dev/null"],
+                           f"'{sys.executable}' -m feredge classify --json '{woman_video}' | head -1 >/dev/null"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert pipe.returncode in (0, 141), pipe.stderr
 
@@ -169,7 +169,7 @@ def test_small_faces_in_a_large_photo_are_found_with_the_defaults(astronaut_bgr,
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)["faces"]) == 16
     # what the defaults did before: searched at 320 px, the faces are under the cascade's window
-    from edge.detect import FaceDetector
+    from feredge.edge.detect import FaceDetector
 
     det = FaceDetector()
     assert det.detect(sheet) == [] and det.smallest_face(2400) == 180
@@ -211,7 +211,7 @@ def test_annotate_into_a_folder_root_cannot_write(astronaut_bgr, tmp_path):
 def test_sigterm_during_annotate_leaves_no_temporary_file(woman_video, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "classify", str(woman_video), "--annotate",
+    proc = subprocess.Popen([sys.executable, "-m", "feredge", "classify", str(woman_video), "--annotate",
                              str(out / "clip.mp4")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT)
     for _ in range(5):  # a few frames written: the temporary video exists

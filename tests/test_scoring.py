@@ -1,4 +1,4 @@
-"""export.scoring against tiny cases computed by hand."""
+"""feredge.export.evaluate.scoring against tiny cases computed by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from export import scoring as M
+from feredge.export.evaluate import scoring as M
 
 P_REF = np.array(
     [

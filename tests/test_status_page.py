@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from helpers import MjpegCamera, ScriptedSource, chromium, http_get, make_config, need, start, stop, wait_until
 
-from edge import config as C
-from edge.contract import Contract
-from edge.daemon import Daemon
-from edge.errors import EdgeError
-from edge.sinks import http as httpsink
-from edge.timeline import Timeline
+from feredge.edge.contract import Contract
+from feredge.edge.daemon import config as C
+from feredge.edge.daemon.run import Daemon
+from feredge.edge.daemon.sinks import http as httpsink
+from feredge.edge.daemon.timeline import Timeline
+from feredge.edge.errors import EdgeError
 
 TOKEN = "s3cret-t0ken"
 EVALUATION = {"test_set": "FER2013 PublicTest (3,589 faces)", "accuracy": 0.6412, "agreement": 0.9911, "ece": 0.0213}
@@ -37,7 +37,7 @@ EVALUATION = {"test_set": "FER2013 PublicTest (3,589 faces)", "accuracy": 0.6412
 def model_dir(tmp_path_factory) -> Path:
     """The shipped default model, copied with model-card figures in its contract's provenance
     (as scripts/model_card.py writes them), so the page has evaluation figures to show."""
-    from edge.model import default_model_path
+    from feredge.edge.model import default_model_path
 
     try:
         src = default_model_path()

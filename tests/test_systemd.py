@@ -124,7 +124,7 @@ try:
     sys.exit("W+X mapping was allowed: MDWE is not in force")
 except PermissionError:
     pass
-os.execv(sys.executable, [sys.executable, "-m", "edge.cli", *sys.argv[1:]])
+os.execv(sys.executable, [sys.executable, "-m", "feredge", *sys.argv[1:]])
 """
 
 

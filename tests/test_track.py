@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from edge.config import TrackingConfig
-from edge.track import Tracker, iou
+from feredge.edge.daemon.config import TrackingConfig
+from feredge.edge.track import Tracker, iou
 
 LABELS = ["angry", "happy", "neutral"]
 

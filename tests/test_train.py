@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.cli import main
-from edge.contract import FER2013_LABELS, Contract
+from feredge.edge.cli.main import main
+from feredge.edge.contract import FER2013_LABELS, Contract
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def tiny_fer(tmp_path_factory) -> Path:
 
 
 def test_recipe_trains_resumes_and_exports_with_its_temperature(tiny_fer: Path, tmp_path: Path):
-    from export.train import RESUME_FILES, TrainConfig, build_model, stratified_split, train
+    from feredge.export.train.recipe import RESUME_FILES, TrainConfig, build_model, stratified_split, train
 
     assert build_model(32).count_params() < 900_000  # int8 TFLite <= 1 MB
     y = np.repeat(np.arange(7), 10)
@@ -79,7 +79,7 @@ def _ema_values(path: Path) -> np.ndarray:
 def test_augmentation_is_identity_when_its_ranges_are_zero_and_bounded_otherwise():
     import tensorflow as tf
 
-    from export.train import TrainConfig, augment_batch
+    from feredge.export.train.recipe import TrainConfig, augment_batch
 
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (16, 48, 48, 1)).astype(np.float32)

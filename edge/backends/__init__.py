@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.errors import EdgeError, one_line
+from feredge.edge.errors import EdgeError, one_line
 
 log = logging.getLogger(__name__)
 
 # Order matters: "auto" tries them in this order.
 BACKENDS: dict[str, str] = {
-    "litert": "edge.backends.litert",
-    "tflite-runtime": "edge.backends.tflite_runtime",
-    "tensorflow": "edge.backends.tensorflow_lite",
+    "litert": "feredge.edge.backends.litert",
+    "tflite-runtime": "feredge.edge.backends.tflite_runtime",
+    "tensorflow": "feredge.edge.backends.tensorflow_lite",
 }
 ALIASES = {
     "ai-edge-litert": "litert",
@@ -117,7 +117,7 @@ def _coral_delegates(rt: Runtime, path: Path, device: str, edgetpu_model: bool) 
     Without a Coral, a CPU model under ``device="auto"`` loses nothing, so that is logged at
     DEBUG (a WARNING on every run of a laptop without one would be noise); an Edge TPU model
     without a Coral cannot run at all, and says so."""
-    from edge.backends import coral
+    from feredge.edge.backends import coral
 
     if device not in ("auto", "coral"):
         return [], None

@@ -17,7 +17,7 @@ import platform
 import sys
 from typing import Any
 
-from edge.errors import one_line
+from feredge.edge.errors import one_line
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from edge.backends import Runtime
+from feredge.edge.backends import Runtime
 
 NAME = "litert"
 PACKAGE = "ai-edge-litert"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from edge.backends import Runtime
+from feredge.edge.backends import Runtime
 
 NAME = "tensorflow"
 PACKAGE = "tensorflow"

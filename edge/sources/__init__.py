@@ -16,8 +16,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from edge.errors import EdgeError
-from edge.sources.spec import IMAGE_EXTENSIONS, is_image_path, parse_spec
+from feredge.edge.errors import EdgeError
+from feredge.edge.sources.spec import IMAGE_EXTENSIONS, is_image_path, parse_spec
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264"})
 
@@ -66,7 +66,7 @@ def open_source(spec: str | int | os.PathLike[str]) -> FrameSource:
     """Open a frame source from a command-line style spec; missing input is an :class:`EdgeError`."""
     kind = input_kind(spec)
     if kind == "camera":
-        from edge.sources.camera import CameraSource
+        from feredge.edge.sources.camera import CameraSource
 
         return CameraSource(parse_spec(spec))
     p = Path(spec)
@@ -77,10 +77,10 @@ def open_source(spec: str | int | os.PathLike[str]) -> FrameSource:
         raise EdgeError(f"input {p} is not a regular file or a folder (a pipe, socket or device); "
                         "cameras are given as /dev/videoN or a URL")
     if kind == "images":
-        from edge.sources.images import ImageSource
+        from feredge.edge.sources.images import ImageSource
 
         return ImageSource.from_folder(p) if p.is_dir() else ImageSource([p], name=str(p))
-    from edge.sources.video import VideoSource
+    from feredge.edge.sources.video import VideoSource
 
     return VideoSource(p)
 

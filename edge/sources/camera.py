@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import cv2
 
-from edge.errors import EdgeError
-from edge.sources import Frame
-from edge.sources.spec import SourceSpec, parse_spec, with_password
+from feredge.edge.errors import EdgeError
+from feredge.edge.sources import Frame
+from feredge.edge.sources.spec import SourceSpec, parse_spec, with_password
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class CameraSource:
         elif spec.kind == "v4l2" and spec.device is not None:
             target = spec.device
             self.name = f"camera:{target}" if isinstance(target, int) else str(target)
-        else:  # auto / picamera2 need the daemon's openers (edge.sources.reconnect)
+        else:  # auto / picamera2 need the daemon's openers (feredge.edge.sources.reconnect)
             raise EdgeError(f"{spec.display!r} is a `feredge run` source; here use a camera number, /dev/video* "
                             "or a stream URL")
         self._cap = cv2.VideoCapture(target)

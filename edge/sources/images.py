@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.errors import EdgeError
-from edge.sources import IMAGE_EXTENSIONS, Frame
+from feredge.edge.errors import EdgeError
+from feredge.edge.sources import IMAGE_EXTENSIONS, Frame
 
 log = logging.getLogger(__name__)
 

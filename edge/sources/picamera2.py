@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.errors import EdgeError
-from edge.sources import Frame
+from feredge.edge.errors import EdgeError
+from feredge.edge.sources import Frame
 
 log = logging.getLogger(__name__)
 

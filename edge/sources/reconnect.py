@@ -28,10 +28,10 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
-from edge.config import CameraConfig, ConfigError, read_secret
-from edge.errors import EdgeError, one_line
-from edge.sources import Frame, FrameSource
-from edge.sources.spec import SourceSpec, parse_spec, redact_text, with_password
+from feredge.edge.daemon.config import CameraConfig, ConfigError, read_secret
+from feredge.edge.errors import EdgeError, one_line
+from feredge.edge.sources import Frame, FrameSource
+from feredge.edge.sources.spec import SourceSpec, parse_spec, redact_text, with_password
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def check_source(cfg: CameraConfig) -> SourceSpec:
 
 
 def _first_frame(name: str, path: Path) -> None:
-    from edge.sources.video import VideoSource
+    from feredge.edge.sources.video import VideoSource
 
     try:
         src = VideoSource(path)
@@ -101,21 +101,21 @@ def make_opener(cfg: CameraConfig) -> tuple[Opener, bool, bool]:
 
 
 def _open_picamera2(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
-    from edge.sources.picamera2 import Picamera2Source
+    from feredge.edge.sources.picamera2 import Picamera2Source
 
     index = int(spec.device or 0)
     return Picamera2Source(index, width=cfg.width, height=cfg.height, fps=cfg.fps, timeout=cfg.read_timeout)
 
 
 def _open_v4l2(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
-    from edge.sources.v4l2 import V4l2Source
+    from feredge.edge.sources.v4l2 import V4l2Source
 
     device = 0 if spec.device is None else spec.device
     return V4l2Source(device, width=cfg.width, height=cfg.height, fps=cfg.fps)
 
 
 def _open_url(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
-    from edge.sources.camera import CameraSource
+    from feredge.edge.sources.camera import CameraSource
 
     return CameraSource(spec, password=camera_password(cfg))
 
@@ -126,8 +126,8 @@ def _open_file(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
 
 def _open_auto(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
     """A Pi camera when libcamera sees one, else the first V4L2 device."""
-    from edge.sources.picamera2 import camera_present
-    from edge.sources.v4l2 import list_devices
+    from feredge.edge.sources.picamera2 import camera_present
+    from feredge.edge.sources.v4l2 import list_devices
 
     if camera_present():
         return _open_picamera2(cfg, parse_spec("picamera2:0"))
@@ -137,7 +137,7 @@ def _open_auto(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
     return _open_v4l2(cfg, parse_spec(devices[0]))
 
 
-# The daemon's source plug-ins by spec kind (edge.sources.spec): (open, live). Each plug-in
+# The daemon's source plug-ins by spec kind (feredge.edge.sources.spec): (open, live). Each plug-in
 # module is imported only when its kind is opened.
 OPENERS: dict[str, tuple[Callable[[CameraConfig, SourceSpec], FrameSource], bool]] = {
     "auto": (_open_auto, True),
@@ -156,7 +156,7 @@ class VideoFileSource:
     kind = "video"
 
     def __init__(self, path: Path, *, pace: str = "realtime", loop: bool = False) -> None:
-        from edge.sources.video import VideoSource
+        from feredge.edge.sources.video import VideoSource
 
         self._video_cls = VideoSource
         self.path, self.pace, self.loop = Path(path), pace, loop

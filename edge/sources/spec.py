@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from edge.errors import EdgeError
+from feredge.edge.errors import EdgeError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"})
 # What OpenCV's FFmpeg backend reads as a live stream.

@@ -3,7 +3,7 @@
 Why these settings: MJPG lets a USB 2 webcam deliver 720p at full rate (raw YUYV would not
 fit the bus); a one-buffer queue means each read returns the newest frame instead of one
 that waited in the driver, so expressions are reported as they happen, not seconds late.
-Reopening after a failure is the reconnect wrapper's job (:mod:`edge.sources.reconnect`).
+Reopening after a failure is the reconnect wrapper's job (:mod:`feredge.edge.sources.reconnect`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import cv2
 
-from edge.errors import EdgeError
-from edge.sources import Frame
+from feredge.edge.errors import EdgeError
+from feredge.edge.sources import Frame
 
 log = logging.getLogger(__name__)
 

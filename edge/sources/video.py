@@ -8,8 +8,8 @@ from pathlib import Path
 
 import cv2
 
-from edge.errors import EdgeError
-from edge.sources import Frame
+from feredge.edge.errors import EdgeError
+from feredge.edge.sources import Frame
 
 
 class VideoSource:

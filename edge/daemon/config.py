@@ -1,0 +1,632 @@
+"""Daemon configuration: one TOML file, validated into dataclasses before anything starts.
+
+A daemon that runs unattended for months should refuse a typo at start-up rather than
+silently ignore it, so every unknown key is an error that names the key *and* the line of
+the file it is on (``tomllib`` does not report positions, so the line is found by scanning
+the TOML text). Secrets never need to live in the file: they come from the environment or
+from systemd credentials (``LoadCredential=`` puts them in ``$CREDENTIALS_DIRECTORY``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from feredge.edge.errors import EdgeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/feredge/config.toml")
+
+
+class ConfigError(EdgeError):
+    """The configuration file or a command-line override is invalid."""
+
+
+@dataclass
+class ModelConfig:
+    # None: the shipped default model (package data).
+    path: str | None = None
+    backend: str = "auto"
+    device: str = "auto"  # auto | cpu | coral
+    num_threads: int | None = None
+    # Faces whose smoothed top probability is below this are reported as "uncertain".
+    min_score: float = 0.0
+
+
+@dataclass
+class DetectorConfig:
+    """The Haar detector's settings, for ``feredge classify`` and the daemon alike.
+
+    ``min_face`` is in full-frame pixels; ``detect_width`` = 0 detects at full resolution."""
+
+    cascade: str | None = None  # file path or a cascade file name; None = frontal-face default
+    detect_width: int = 320
+    min_face: int = 40
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    equalize: bool = False  # histogram equalisation helps in dim or flat light, costs ~0.2 ms
+    # Between full-frame searches, known faces are re-found near their last box (much cheaper);
+    # a full search runs every this many frames, and whenever a known face is lost.
+    redetect_every: int = 10
+
+
+@dataclass
+class CameraConfig:
+    name: str = "cam0"
+    # auto | picamera2[:N] | v4l2:/dev/videoN | /dev/videoN | N | video file | rtsp://… | http://…
+    source: str = "auto"
+    width: int = 1280
+    height: int = 720
+    fps: float = 15.0
+    # Video files only: "realtime" paces frames by their timestamps, "fast" as fast as possible.
+    pace: str = "realtime"
+    loop: bool = False
+    # Reconnect backoff: first wait, cap, and the read timeout after which a camera is offline.
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    read_timeout: float = 5.0
+    # Detection on every Nth frame only (the tracker keeps boxes in between).
+    detect_every: int = 1
+    # A stream URL's password, kept out of the file: read from this environment variable or
+    # systemd credential and put into the URL (rtsp://USER@host/…) only when it is opened.
+    password_env: str | None = None
+    password_credential: str | None = None
+
+
+@dataclass
+class TrackingConfig:
+    iou: float = 0.3
+    # Time constant (seconds) of the exponential smoothing of a face's probabilities. In seconds,
+    # not frames, so a 30 fps USB camera and a 5 fps Pi camera smooth alike; 0 = no smoothing.
+    smoothing: float = 0.5
+    # A face must be seen this many frames before it "appears" (suppresses false detections).
+    min_hits: int = 2
+    # A track "leaves" after this many seconds without a matching detection.
+    leave_after: float = 1.5
+    # A label change needs the new label to lead the old one by this much (hysteresis) ...
+    change_margin: float = 0.1
+    # ... without a break for this many seconds (0 = at once).
+    change_hold: float = 0.3
+
+
+@dataclass
+class DaemonConfig:
+    # A camera loop that has not made progress for this long stops the watchdog pings.
+    stall_timeout: float = 10.0
+    # A camera offline this long also stops the watchdog pings, so systemd restarts the service
+    # (the last resort for a wedged driver); 0 = never.
+    offline_restart: float = 300.0
+    # How long start-up waits for the first frames before reporting READY anyway.
+    startup_timeout: float = 20.0
+    status_interval: float = 5.0
+    stats_interval: float = 30.0
+
+
+@dataclass
+class JsonlConfig:
+    enabled: bool = True
+    path: str = "-"  # "-" = stdout
+    max_bytes: int = 10_000_000
+    backups: int = 3
+    # "events": appear/change/leave only; "frames": also every frame with faces; "all": every frame.
+    mode: str = "events"
+
+
+@dataclass
+class MqttConfig:
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = 1883
+    # The device's identity in a fleet (topics, Home Assistant device); $FEREDGE_NODE_ID wins, and
+    # the default is derived from /etc/machine-id (edge/daemon/identity.py). client_id defaults to it.
+    node_id: str | None = None
+    client_id: str | None = None
+    base_topic: str = "feredge"
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    username: str | None = None
+    password: str | None = None  # prefer password_env / password_credential
+    password_env: str = "FEREDGE_MQTT_PASSWORD"
+    password_credential: str = "mqtt_password"
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    keepalive: int = 30
+    qos: int = 1
+    queue_size: int = 1000
+    reconnect_min: float = 1.0
+    reconnect_max: float = 60.0
+    # Per-camera state is published on change, at most this often (seconds).
+    state_interval: float = 1.0
+
+
+@dataclass
+class HttpConfig:
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 8800
+    token: str | None = None  # prefer token_env / token_credential
+    token_env: str = "FEREDGE_HTTP_TOKEN"
+    token_credential: str = "http_token"
+    # Privacy: no frame is kept in memory unless one of these is switched on.
+    snapshots: bool = False
+    mjpeg: bool = False
+    # Threads answering requests (a fixed pool); a request that finds them all busy is answered 503
+    # at once. Live streams (events, MJPEG) each hold one, at most workers - 4 (and 8) of them.
+    # Connections still sending their headers hold no thread (at most 256, 5 s each).
+    workers: int = 12
+    # Names this server is reached by besides its addresses, localhost and its hostname, comma-
+    # separated (e.g. "pi.example.lan"): any other Host header is refused (DNS rebinding).
+    allowed_hosts: str = ""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    camera: list[CameraConfig] = field(default_factory=lambda: [CameraConfig()])
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    jsonl: JsonlConfig = field(default_factory=JsonlConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    source_path: str | None = None  # the file this came from (for messages), not a TOML key
+
+    def validate(self) -> Config:
+        """Ranges (:data:`_RULES`, each message naming the key and its line), then the checks
+        that involve more than one key."""
+        for (section, key), (ok, must) in _RULES.items():
+            tables = list(enumerate(self.camera)) if section == "camera" else [(None, getattr(self, section))]
+            for index, table in tables:
+                value = getattr(table, key)
+                if not ok(value):
+                    raise ConfigError(f"{self.where(section, key, index)}: {section}.{key} = "
+                                      f"{_show(value, f'{section}.{key}')}: "
+                                      f"must be {must}")
+        if not self.camera:
+            raise ConfigError(f"{self.where()}: at least one [[camera]] is required")
+        if len(self.camera) > MAX_CAMERAS:
+            raise ConfigError(f"{self.where()}: {len(self.camera)} cameras; at most {MAX_CAMERAS} (each is a thread "
+                              "and a pipeline on the device)")
+        names = [c.name for c in self.camera]
+        for i, c in enumerate(self.camera):
+            if c.reconnect_min > c.reconnect_max:
+                raise ConfigError(f"{self.where('camera', 'reconnect_min', i)}: camera {c.name}: "
+                                  "need reconnect_min <= reconnect_max")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{self.where()}: camera names must be unique, got {', '.join(names)}")
+        if self.mqtt.enabled:
+            for name in ("ca_file", "cert_file", "key_file"):
+                p = getattr(self.mqtt, name)
+                if p and not Path(p).is_file():
+                    raise ConfigError(f"{self.where('mqtt', name)}: mqtt.{name} {p} does not exist")
+        self._check_jsonl_path()
+        h = self.http
+        if h.enabled and not is_loopback(h.bind) and not self.http_token():
+            raise ConfigError(
+                f"{self.where('http', 'bind')}: http.bind = {h.bind!r} is reachable from other machines, so a "
+                f"token is required (set ${h.token_env}, the systemd credential {h.token_credential!r}, "
+                "or http.token)"
+            )
+        return self
+
+    def _check_jsonl_path(self) -> None:
+        """A path the daemon cannot write fails the check, not the first event hours later."""
+        j = self.jsonl
+        if not j.enabled or j.path == "-":
+            return
+        p = Path(j.path)
+        where = self.where("jsonl", "path")
+        if p.is_dir():
+            raise ConfigError(f"{where}: jsonl.path {p} is a folder; name a file in it")
+        parent = next((a for a in p.parents if a.exists()), None)
+        if parent is None or not parent.is_dir():
+            raise ConfigError(f"{where}: jsonl.path {p}: {parent} is not a folder")
+        target = p if p.exists() else parent
+        if not os.access(target, os.W_OK | (0 if p.exists() else os.X_OK)):
+            raise ConfigError(f"{where}: jsonl.path {p} cannot be written ({target} is not writable)")
+
+    def where(self, section: str | None = None, key: str | None = None, index: int | None = None) -> str:
+        """``FILE line N`` of a key (``override`` when ``--set`` gave it), for messages."""
+        base = self.source_path or "config"
+        if section is None:
+            return base
+        dotted = f"{section}.{key}" if key else section
+        if dotted in self._overridden or (index is not None and f"camera.{index}.{key}" in self._overridden):
+            return f"override {dotted}"
+        locator = getattr(self, "_locator", None)
+        path = (section, key) if key else (section,)
+        return base + (locator.suffix(path, index) if locator else "")
+
+    @property
+    def _overridden(self) -> set[str]:
+        return getattr(self, "_override_keys", set())
+
+    # ---- secrets ---------------------------------------------------------------------
+    def mqtt_password(self) -> str | None:
+        m = self.mqtt
+        return read_secret(m.password, m.password_env, m.password_credential, what="mqtt password")
+
+    def http_token(self) -> str | None:
+        h = self.http
+        return read_secret(h.token, h.token_env, h.token_credential, what="http token")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret(value: str | None, env: str | None, credential: str | None, *, what: str = "secret") -> str | None:
+    """A systemd credential wins (it never shows in ``/proc/*/environ``), then the environment,
+    then a value written in the file. Surrounding whitespace (a trailing newline) is dropped; a
+    secret that is only whitespace is refused, since ``?token=%20`` must not be a password.
+    Messages name where the secret came from, never its value."""
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    found: list[tuple[str, str]] = []
+    if cred_dir and credential:
+        p = Path(cred_dir) / credential
+        if p.is_file():
+            found.append((f"the systemd credential {credential!r}", p.read_text()))
+    if env and os.environ.get(env) is not None and os.environ[env] != "":
+        found.append((f"${env}", os.environ[env]))
+    if value is not None and value != "":
+        found.append(("the config file", value))
+    if not found:
+        return None
+    source, secret = found[0]
+    if not secret.strip():
+        raise ConfigError(f"the {what} from {source} is empty or only whitespace")
+    return secret.strip()
+
+
+# ---- ranges ----------------------------------------------------------------------------
+
+SHOW_MAX = 60  # characters of a bad value quoted in an error; a 10 MB value is not echoed whole
+_SECRET_KEY = re.compile(r"(token|password|secret|passphrase)$")
+
+
+def _show(value: Any, name: str = "") -> str:
+    """A bad value for an error message: never a secret's, and never more than SHOW_MAX characters."""
+    if _SECRET_KEY.search(name.rsplit(".", 1)[-1]):
+        return f"<{type(value).__name__}, hidden: {name} is a secret>"
+    text = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    return text if len(text) <= SHOW_MAX else f"{text[:SHOW_MAX]}… ({len(text):,} characters)"
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*")
+
+
+def _host_or_ip(v: str) -> bool:
+    try:
+        ipaddress.ip_address(v)
+        return True
+    except ValueError:
+        return _HOSTNAME.fullmatch(v) is not None
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _at_least(n: float) -> Callable[[float], bool]:
+    return lambda v: v >= n
+
+
+def _one_of(*values: Any) -> Callable[[Any], bool]:
+    return lambda v: v in values
+
+
+def _port(lo: int) -> Callable[[int], bool]:
+    return lambda v: lo <= v < 65536
+
+
+# (section, key) -> (check, what the value must be). Types are checked while reading; these are the
+# ranges. "camera" applies to every [[camera]].
+_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("camera", "name"): (lambda v: re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) is not None,
+                         "only letters, digits, _ and - (1 to 64)"),
+    ("camera", "pace"): (_one_of("realtime", "fast"), "'realtime' or 'fast'"),
+    ("camera", "width"): (_positive, "> 0"),
+    ("camera", "height"): (_positive, "> 0"),
+    ("camera", "fps"): (_positive, "> 0"),
+    ("camera", "detect_every"): (_at_least(1), ">= 1"),
+    ("camera", "reconnect_min"): (_positive, "> 0"),
+    ("camera", "reconnect_max"): (_positive, "> 0"),
+    ("camera", "read_timeout"): (_positive, "> 0"),
+    ("model", "device"): (_one_of("auto", "cpu", "coral"), "auto, cpu or coral"),
+    ("model", "min_score"): (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    ("model", "num_threads"): (lambda v: v is None or v >= 1, ">= 1"),
+    ("detector", "detect_width"): (_at_least(0), ">= 0 (0 = full size)"),
+    ("detector", "min_face"): (_at_least(1), ">= 1"),
+    ("detector", "scale_factor"): (lambda v: v > 1.0, "> 1"),
+    ("detector", "min_neighbors"): (_at_least(0), ">= 0"),
+    ("detector", "redetect_every"): (_at_least(1), ">= 1"),
+    ("tracking", "iou"): (lambda v: 0.0 < v < 1.0, "between 0 and 1"),
+    ("tracking", "smoothing"): (_at_least(0), ">= 0 seconds"),
+    ("tracking", "min_hits"): (_at_least(1), ">= 1"),
+    ("tracking", "leave_after"): (_positive, "> 0 seconds"),
+    ("tracking", "change_margin"): (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    ("tracking", "change_hold"): (_at_least(0), ">= 0 seconds"),
+    ("daemon", "stall_timeout"): (_positive, "> 0 seconds"),
+    ("daemon", "offline_restart"): (_at_least(0), ">= 0 seconds (0 = never)"),
+    ("daemon", "startup_timeout"): (_at_least(0), ">= 0 seconds"),
+    ("daemon", "status_interval"): (_positive, "> 0 seconds"),
+    ("daemon", "stats_interval"): (_positive, "> 0 seconds"),
+    ("jsonl", "mode"): (_one_of("events", "frames", "all"), "events, frames or all"),
+    ("jsonl", "max_bytes"): (_at_least(1024), ">= 1024"),
+    ("jsonl", "backups"): (_at_least(0), ">= 0"),
+    ("mqtt", "port"): (_port(1), "a TCP port (1-65535)"),
+    ("mqtt", "qos"): (_one_of(0, 1, 2), "0, 1 or 2"),
+    ("mqtt", "queue_size"): (_at_least(1), ">= 1"),
+    ("mqtt", "node_id"): (lambda v: v is None or re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) is not None,
+                          "1-64 letters, digits, _ or -"),
+    ("mqtt", "keepalive"): (_at_least(1), ">= 1 second"),
+    ("mqtt", "reconnect_min"): (_positive, "> 0 seconds"),
+    ("mqtt", "reconnect_max"): (_positive, "> 0 seconds"),
+    ("mqtt", "state_interval"): (_at_least(0), ">= 0 seconds"),
+    ("mqtt", "base_topic"): (lambda v: re.fullmatch(r"[^#+\s]+", v) is not None and not v.endswith("/"),
+                             "a topic without #, +, spaces or a trailing /"),
+    ("http", "port"): (_port(0), "a TCP port (0-65535, 0 = any free port)"),
+    ("http", "bind"): (_host_or_ip, "an IP address or a host name"),
+    ("http", "workers"): (lambda v: 4 <= v <= 256, "between 4 and 256"),
+    ("http", "allowed_hosts"): (lambda v: all(_host_or_ip(h.strip()) for h in v.split(",") if h.strip()),
+                                "comma-separated host names"),
+}
+
+
+# ---- loading ---------------------------------------------------------------------------
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CAMERAS = 16
+
+def load(path: str | os.PathLike[str] | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, check and return the configuration; ``None`` means defaults only."""
+    data: dict[str, Any] = {}
+    text = ""
+    where = "config"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {p}: {e}") from None
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: {len(text):,} characters; a config file is at most {MAX_CONFIG_BYTES:,}")
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{p}: invalid TOML: {e}") from None
+        except RecursionError:  # tomllib recurses once per nesting level: [[[[...]]]] exhausts the stack
+            raise ConfigError(f"{p}: invalid TOML: values nested too deeply") from None
+    cfg = from_dict(data, text=text, where=where)
+    cfg.source_path = None if path is None else str(path)
+    if path is not None:
+        _resolve_paths(cfg, Path(path).resolve().parent)
+    cfg._override_keys = set()  # type: ignore[attr-defined]
+    for dotted, value in (overrides or {}).items():
+        apply_override(cfg, dotted, value)
+        cfg._override_keys.add(dotted)  # type: ignore[attr-defined]
+    return cfg.validate()
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    """Relative paths in a config file mean "next to this file", whatever the working directory
+    (systemd starts the daemon in /var/lib/feredge). Command-line overrides stay relative to
+    the shell's directory: they are applied afterwards."""
+
+    def fix(value: str | None) -> str | None:
+        if not value or Path(value).is_absolute():
+            return value
+        return str(base / value)
+
+    cfg.model.path = fix(cfg.model.path)
+    if cfg.detector.cascade and ("/" in cfg.detector.cascade):
+        cfg.detector.cascade = fix(cfg.detector.cascade)
+    if cfg.jsonl.path != "-":
+        cfg.jsonl.path = fix(cfg.jsonl.path) or cfg.jsonl.path
+    for name in ("ca_file", "cert_file", "key_file"):
+        setattr(cfg.mqtt, name, fix(getattr(cfg.mqtt, name)))
+    from feredge.edge.sources.spec import parse_spec
+
+    for cam in cfg.camera:
+        try:
+            is_file = parse_spec(cam.source).kind == "path"
+        except EdgeError:
+            continue  # reported by the source check, which names the camera
+        if is_file:
+            cam.source = fix(cam.source) or cam.source
+
+
+def from_dict(data: dict[str, Any], *, text: str = "", where: str = "config") -> Config:
+    locator = _LineLocator(text)
+    cfg = Config()
+    cfg.source_path = where
+    cfg._locator = locator  # type: ignore[attr-defined]  # range errors name the line too
+    top_hints = get_type_hints(Config)
+    for key, value in data.items():
+        if key == "source_path" or key not in top_hints:
+            raise ConfigError(f"{where}{locator.suffix((key,))}: unknown key {key!r} (known: {_known(Config)})")
+        if key == "camera":
+            items = value if isinstance(value, list) else [value]
+            cams = []
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    raise ConfigError(f"{where}{locator.suffix(('camera',))}: [[camera]] entries must be tables")
+                cams.append(_build(CameraConfig, item, ("camera",), i, locator, where))
+            cfg.camera = cams
+        else:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{locator.suffix((key,))}: {key} must be a table [{key}]")
+            setattr(cfg, key, _build(type(getattr(cfg, key)), value, (key,), None, locator, where))
+    return cfg
+
+
+def _known(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls) if f.name != "source_path")
+
+
+# Keys of earlier versions that an upgrade (install.sh keeps the old config) may still carry.
+_REPLACED = {
+    "tracking.ema": "use tracking.smoothing, a time constant in seconds (0.5 is the default; the old "
+                    "per-frame weight a at F fps is about smoothing = 1 / (F * a))",
+}
+
+
+def _build(cls: type, values: dict[str, Any], path: tuple[str, ...], index: int | None,
+           locator: _LineLocator, where: str) -> Any:
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        full = (*path, key)
+        if key not in hints:
+            line = locator.suffix(full, index)
+            dotted = ".".join(full)
+            if dotted in _REPLACED:
+                raise ConfigError(f"{where}{line}: {dotted!r} was replaced: {_REPLACED[dotted]}")
+            raise ConfigError(f"{where}{line}: unknown key {dotted!r} (known in [{path[-1]}]: {_known(cls)})")
+        kwargs[key] = _coerce(value, hints[key], ".".join(full), where + locator.suffix(full, index))
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str, where: str) -> Any:
+    """Check a TOML value against a dataclass field type (ints are accepted for floats)."""
+    optional = False
+    base = hint
+    if get_origin(hint) is not None and type(None) in get_args(hint):
+        optional = True
+        base = next(a for a in get_args(hint) if a is not type(None))
+    if value is None and optional:
+        return None
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: {name} must be a finite number, got {value!r}")
+            return float(value)
+    elif base is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - only scalar fields exist
+        return value
+    shown = _show(value, name)
+    got = shown if shown.startswith("<") else f"{type(value).__name__} {shown}"
+    raise ConfigError(f"{where}: {name} must be {_type_name(base)}, got {got}")
+
+
+def _type_name(t: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(t, t.__name__)
+
+
+def apply_override(cfg: Config, dotted: str, value: Any) -> None:
+    """``section.key`` (``camera.key`` sets every camera; ``camera.N.key`` one) from the CLI."""
+    parts = dotted.split(".")
+    targets: list[Any]
+    if parts[0] == "camera":
+        if len(parts) == 3 and parts[1].isdigit():
+            i = int(parts[1])
+            if i >= len(cfg.camera):
+                raise ConfigError(f"override {dotted}: there is no camera {i}")
+            targets, key = [cfg.camera[i]], parts[2]
+        elif len(parts) == 2:
+            targets, key = list(cfg.camera), parts[1]
+        else:
+            raise ConfigError(f"override {dotted}: use camera.KEY or camera.N.KEY")
+    elif len(parts) == 2 and hasattr(cfg, parts[0]) and dataclasses.is_dataclass(getattr(cfg, parts[0])):
+        targets, key = [getattr(cfg, parts[0])], parts[1]
+    else:
+        raise ConfigError(f"override {dotted}: unknown setting (use SECTION.KEY, e.g. mqtt.host)")
+    for t in targets:
+        hints = get_type_hints(type(t))
+        if key not in hints:
+            raise ConfigError(f"override {dotted}: unknown key {key!r} (known: {_known(type(t))})")
+        setattr(t, key, _coerce(value, hints[key], dotted, "override"))
+
+
+# ---- line lookup -------------------------------------------------------------------------
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_PART = r"""(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
+_KEYLINE = re.compile(rf"^\s*({_PART}(?:\s*\.\s*{_PART})*)\s*=")
+
+
+def _split_key(text: str) -> tuple[str, ...]:
+    return tuple(p.strip().strip("\"'") for p in re.findall(r"""(?:"[^"]*"|'[^']*'|[^.]+)""", text))
+
+
+class _LineLocator:
+    """Maps a key path (and array-of-tables index) to its 1-based line in the TOML text.
+
+    A small scanner, not a TOML parser: it follows table headers and ``key =`` lines, which
+    is all a config file written by hand uses. Multi-line strings are skipped so their
+    contents are never taken for keys.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[tuple[tuple[str, ...], int | None], int] = {}
+        table: tuple[str, ...] = ()
+        index: int | None = None
+        counts: dict[tuple[str, ...], int] = {}
+        in_multiline: str | None = None
+        for n, raw in enumerate(text.splitlines(), start=1):
+            line = raw
+            if in_multiline:
+                if in_multiline in line:
+                    in_multiline = None
+                continue
+            m = _HEADER.match(line)
+            if m:
+                table = _split_key(m.group(2))
+                if m.group(1) == "[[":
+                    index = counts.get(table, -1) + 1
+                    counts[table] = index
+                else:
+                    index = None
+                self.lines.setdefault((table, index), n)
+                continue
+            k = _KEYLINE.match(line)
+            if k:
+                key = (*table, *_split_key(k.group(1)))
+                self.lines.setdefault((key, index), n)
+                for i in range(len(table) + 1, len(key)):
+                    self.lines.setdefault((key[:i], index), n)
+                rest = line[k.end():]
+                for q in ('"""', "'''"):
+                    if rest.count(q) == 1:
+                        in_multiline = q
+
+    def line(self, path: tuple[str, ...], index: int | None = None) -> int | None:
+        for p in (path, path[:-1]):
+            if (p, index) in self.lines:
+                return self.lines[(p, index)]
+        return None
+
+    def suffix(self, path: tuple[str, ...], index: int | None = None) -> str:
+        n = self.line(path, index)
+        return f" line {n}" if n else ""

@@ -1,0 +1,1 @@
+"""The recipe behind the shipped default model (``feredge train``)."""

@@ -1,0 +1,1 @@
+"""Package marker: the unit, sysusers file and example config ship in the wheel as ``feredge.templates.systemd``."""
