@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from feredge.edge.daemon.config import DetectorConfig
 from feredge.edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,23 @@ SYSTEM_CASCADE_DIRS = (
 _CASCADE_WINDOW = 24
 
 Box = tuple[int, int, int, int]  # x, y, w, h in full-frame pixels
+
+
+@dataclass
+class DetectorConfig:
+    """The Haar detector's settings, for ``feredge classify`` and the daemon alike.
+
+    ``min_face`` is in full-frame pixels; ``detect_width`` = 0 detects at full resolution."""
+
+    cascade: str | None = None  # file path or a cascade file name; None = frontal-face default
+    detect_width: int = 320
+    min_face: int = 40
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    equalize: bool = False  # histogram equalisation helps in dim or flat light, costs ~0.2 ms
+    # Between full-frame searches, known faces are re-found near their last box (much cheaper);
+    # a full search runs every this many frames, and whenever a known face is lost.
+    redetect_every: int = 10
 
 
 def cascade_search_dirs() -> list[Path]:

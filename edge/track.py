@@ -20,9 +20,24 @@ from typing import Any
 
 import numpy as np
 
-from feredge.edge.daemon.config import TrackingConfig
 from feredge.edge.detect import Box
 from feredge.edge.model import UNCERTAIN
+
+
+@dataclass
+class TrackingConfig:
+    iou: float = 0.3
+    # Time constant (seconds) of the exponential smoothing of a face's probabilities. In seconds,
+    # not frames, so a 30 fps USB camera and a 5 fps Pi camera smooth alike; 0 = no smoothing.
+    smoothing: float = 0.5
+    # A face must be seen this many frames before it "appears" (suppresses false detections).
+    min_hits: int = 2
+    # A track "leaves" after this many seconds without a matching detection.
+    leave_after: float = 1.5
+    # A label change needs the new label to lead the old one by this much (hysteresis) ...
+    change_margin: float = 0.1
+    # ... without a break for this many seconds (0 = at once).
+    change_hold: float = 0.3
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:

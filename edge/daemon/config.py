@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from feredge.edge.detect import DetectorConfig
 from feredge.edge.errors import EdgeError
+from feredge.edge.track import TrackingConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,21 +47,6 @@ class ModelConfig:
     min_score: float = 0.0
 
 
-@dataclass
-class DetectorConfig:
-    """The Haar detector's settings, for ``feredge classify`` and the daemon alike.
-
-    ``min_face`` is in full-frame pixels; ``detect_width`` = 0 detects at full resolution."""
-
-    cascade: str | None = None  # file path or a cascade file name; None = frontal-face default
-    detect_width: int = 320
-    min_face: int = 40
-    scale_factor: float = 1.1
-    min_neighbors: int = 5
-    equalize: bool = False  # histogram equalisation helps in dim or flat light, costs ~0.2 ms
-    # Between full-frame searches, known faces are re-found near their last box (much cheaper);
-    # a full search runs every this many frames, and whenever a known face is lost.
-    redetect_every: int = 10
 
 
 @dataclass
@@ -85,20 +72,6 @@ class CameraConfig:
     password_credential: str | None = None
 
 
-@dataclass
-class TrackingConfig:
-    iou: float = 0.3
-    # Time constant (seconds) of the exponential smoothing of a face's probabilities. In seconds,
-    # not frames, so a 30 fps USB camera and a 5 fps Pi camera smooth alike; 0 = no smoothing.
-    smoothing: float = 0.5
-    # A face must be seen this many frames before it "appears" (suppresses false detections).
-    min_hits: int = 2
-    # A track "leaves" after this many seconds without a matching detection.
-    leave_after: float = 1.5
-    # A label change needs the new label to lead the old one by this much (hysteresis) ...
-    change_margin: float = 0.1
-    # ... without a break for this many seconds (0 = at once).
-    change_hold: float = 0.3
 
 
 @dataclass

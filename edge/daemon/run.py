@@ -23,6 +23,7 @@ import numpy as np
 
 from feredge import __version__
 from feredge.edge.daemon import config as cfgmod
+from feredge.edge.daemon.cameras import check_source, make_opener
 from feredge.edge.daemon.config import CameraConfig, Config, ConfigError
 from feredge.edge.daemon.identity import node_id
 from feredge.edge.daemon.metrics import DaemonMetrics
@@ -31,7 +32,7 @@ from feredge.edge.daemon.sinks import Sink, create_sinks
 from feredge.edge.daemon.timeline import Timeline
 from feredge.edge.errors import EdgeError, one_line
 from feredge.edge.sources import Frame
-from feredge.edge.sources.reconnect import CameraFeed, Opener, check_source, make_opener
+from feredge.edge.sources.reconnect import CameraFeed, Opener
 from feredge.edge.sources.spec import redact
 from feredge.edge.track import Tracker
 
