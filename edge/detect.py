@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,17 @@ class DetectorConfig:
     # Between full-frame searches, known faces are re-found near their last box (much cheaper);
     # a full search runs every this many frames, and whenever a known face is lost.
     redetect_every: int = 10
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x, y, w, h)`` boxes: 0 apart, 1 identical."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    union = aw * ah + bw * bh - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def cascade_search_dirs() -> list[Path]:
@@ -168,7 +180,7 @@ class FaceDetector:
                 return None
             cx, cy = x + bw / 2, y + bh / 2  # the one closest to where the face was
             best = min(found, key=lambda b: (b[0] + b[2] / 2 - cx) ** 2 + (b[1] + b[3] / 2 - cy) ** 2)
-            if all(_iou(best, o) < 0.5 for o in out):
+            if all(iou(best, o) < 0.5 for o in out):
                 out.append(best)
         out.sort(key=lambda b: b[2] * b[3], reverse=True)
         return out
@@ -183,11 +195,3 @@ def _to_boxes(found: np.ndarray, ox: int, oy: int, scale: float, w: int, h: int)
         boxes.append((int(x0), int(y0), int(min(round(fw * inv), w - x0)), int(min(round(fh * inv), h - y0))))
     boxes.sort(key=lambda b: b[2] * b[3], reverse=True)
     return boxes
-
-
-def _iou(a: Box, b: Box) -> float:
-    iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union else 0.0

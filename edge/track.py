@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from feredge.edge.detect import Box
+from feredge.edge.detect import Box, iou
 from feredge.edge.model import UNCERTAIN
 
 
@@ -38,16 +38,6 @@ class TrackingConfig:
     change_margin: float = 0.1
     # ... without a break for this many seconds (0 = at once).
     change_hold: float = 0.3
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    union = aw * ah + bw * bh - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 @dataclass
