@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from feredge.edge.daemon.identity import NODE_ID_RULE, valid_node_id
 from feredge.edge.detect import DetectorConfig
 from feredge.edge.errors import EdgeError
 from feredge.edge.track import TrackingConfig
@@ -350,8 +351,7 @@ _RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("mqtt", "port"): (_port(1), "a TCP port (1-65535)"),
     ("mqtt", "qos"): (_one_of(0, 1, 2), "0, 1 or 2"),
     ("mqtt", "queue_size"): (_at_least(1), ">= 1"),
-    ("mqtt", "node_id"): (lambda v: v is None or re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) is not None,
-                          "1-64 letters, digits, _ or -"),
+    ("mqtt", "node_id"): (lambda v: v is None or valid_node_id(v), NODE_ID_RULE),
     ("mqtt", "keepalive"): (_at_least(1), ">= 1 second"),
     ("mqtt", "reconnect_min"): (_positive, "> 0 seconds"),
     ("mqtt", "reconnect_max"): (_positive, "> 0 seconds"),
