@@ -404,8 +404,8 @@ class Daemon:
                 cam.thread.start()
             except RuntimeError as e:  # "can't start new thread": at the unit's TasksMax
                 self.shutdown()
-                raise EdgeError(f"camera {cam.cfg.name}: cannot start its thread ({e}); too many threads "
-                                "(TasksMax?)") from None
+                raise EdgeError(f"camera {cam.cfg.name}: cannot start its thread ({one_line(e, with_type=False)}); "
+                                "too many threads (TasksMax?)") from None
         d = self.cfg.daemon
         wd = self.notifier.watchdog_interval()
         if wd:

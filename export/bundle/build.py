@@ -25,6 +25,7 @@ from pathlib import Path
 
 import feredge
 from feredge import __version__
+from feredge.edge.errors import EdgeError, FeredgeError, one_line
 from feredge.edge.fsutil import sha256_file
 from feredge.export.errors import ExportError
 
@@ -102,13 +103,12 @@ def get_target(name: str) -> Target:
 
 
 def default_model_dir() -> Path:
-    from feredge.edge.errors import EdgeError
     from feredge.edge.model import default_model_path
 
     try:
         return default_model_path()
     except EdgeError as e:
-        raise ExportError(str(e)) from None
+        raise ExportError(one_line(e)) from None
 
 
 def model_files(model: str | os.PathLike[str] | None) -> tuple[list[Path], str]:
@@ -118,7 +118,6 @@ def model_files(model: str | os.PathLike[str] | None) -> tuple[list[Path], str]:
     model fails now and not on first boot.
     """
     from feredge.edge.contract import resolve
-    from feredge.edge.errors import FeredgeError
 
     src = Path(model) if model is not None else default_model_dir()
     if not src.exists():
@@ -126,7 +125,7 @@ def model_files(model: str | os.PathLike[str] | None) -> tuple[list[Path], str]:
     try:
         artifact, contract = resolve(src)
     except FeredgeError as e:
-        raise ExportError(f"model {src}: {e}") from None
+        raise ExportError(f"model {src}: {one_line(e)}") from None
     files = [artifact]
     stem = artifact.name.removesuffix(".tflite").removesuffix(".int8")
     sidecar = artifact.with_name(stem + ".json")
@@ -143,7 +142,6 @@ def bundled_config(config: str | os.PathLike[str] | None) -> str:
     the service on first boot.
     """
     from feredge.edge.daemon.config import load
-    from feredge.edge.errors import FeredgeError
 
     if config is not None:
         p = Path(config)
@@ -168,7 +166,7 @@ def bundled_config(config: str | os.PathLike[str] | None) -> str:
         try:
             load(probe)
         except FeredgeError as e:
-            raise ExportError(f"config {config or 'example'}: {e}") from None
+            raise ExportError(f"config {config or 'example'}: {one_line(e)}") from None
     return text
 
 
