@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from feredge.edge.errors import EdgeError
+from feredge.edge.rules import at_least, broken, ruled
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,14 @@ class DetectorConfig:
     ``min_face`` is in full-frame pixels; ``detect_width`` = 0 detects at full resolution."""
 
     cascade: str | None = None  # file path or a cascade file name; None = frontal-face default
-    detect_width: int = 320
-    min_face: int = 40
-    scale_factor: float = 1.1
-    min_neighbors: int = 5
+    detect_width: int = ruled(320, at_least(0), ">= 0 (0 = full size)")
+    min_face: int = ruled(40, at_least(1), ">= 1")
+    scale_factor: float = ruled(1.1, lambda v: v > 1.0, "> 1")
+    min_neighbors: int = ruled(5, at_least(0), ">= 0")
     equalize: bool = False  # histogram equalisation helps in dim or flat light, costs ~0.2 ms
     # Between full-frame searches, known faces are re-found near their last box (much cheaper);
     # a full search runs every this many frames, and whenever a known face is lost.
-    redetect_every: int = 10
+    redetect_every: int = ruled(10, at_least(1), ">= 1")
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -94,11 +95,8 @@ class FaceDetector:
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         c = self.config
-        if c.detect_width < 0 or c.min_face < 1 or c.scale_factor <= 1.0 or c.min_neighbors < 0:
-            raise EdgeError(
-                "detector settings out of range: detect_width >= 0, min_face >= 1, scale_factor > 1, "
-                "min_neighbors >= 0"
-            )
+        for name, value, must in broken(c):  # the rules on DetectorConfig's fields
+            raise EdgeError(f"detector settings out of range: {name} = {value}: must be {must}")
         self.cascade_path = find_cascade(c.cascade)
         try:
             self._cascade = cv2.CascadeClassifier(str(self.cascade_path))

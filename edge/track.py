@@ -22,22 +22,23 @@ import numpy as np
 
 from feredge.edge.detect import Box, iou
 from feredge.edge.model import UNCERTAIN
+from feredge.edge.rules import at_least, positive, ruled
 
 
 @dataclass
 class TrackingConfig:
-    iou: float = 0.3
+    iou: float = ruled(0.3, lambda v: 0.0 < v < 1.0, "between 0 and 1")
     # Time constant (seconds) of the exponential smoothing of a face's probabilities. In seconds,
     # not frames, so a 30 fps USB camera and a 5 fps Pi camera smooth alike; 0 = no smoothing.
-    smoothing: float = 0.5
+    smoothing: float = ruled(0.5, at_least(0), ">= 0 seconds")
     # A face must be seen this many frames before it "appears" (suppresses false detections).
-    min_hits: int = 2
+    min_hits: int = ruled(2, at_least(1), ">= 1")
     # A track "leaves" after this many seconds without a matching detection.
-    leave_after: float = 1.5
+    leave_after: float = ruled(1.5, positive, "> 0 seconds")
     # A label change needs the new label to lead the old one by this much (hysteresis) ...
-    change_margin: float = 0.1
+    change_margin: float = ruled(0.1, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
     # ... without a break for this many seconds (0 = at once).
-    change_hold: float = 0.3
+    change_hold: float = ruled(0.3, at_least(0), ">= 0 seconds")
 
 
 @dataclass
