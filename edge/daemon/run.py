@@ -131,7 +131,7 @@ class Daemon:
         m = self.cfg.model
         clf = Classifier(m.path, backend=m.backend, device=m.device, num_threads=m.num_threads)
         det = FaceDetector(self.cfg.detector)
-        return Pipeline(clf, det, redetect_every=self.cfg.detector.redetect_every)
+        return Pipeline(clf, det)
 
     def setup(self) -> None:
         """Load the model (one interpreter per camera: they are not thread-safe), open sinks.
