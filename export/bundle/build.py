@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import feredge
 from feredge import __version__
 from feredge.edge.errors import EdgeError, FeredgeError, one_line
-from feredge.edge.fsutil import sha256_file
+from feredge.edge.fsutil import publish, sha256_file, staging_dir
 from feredge.export.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -327,23 +328,16 @@ def write_checksums(stage: Path) -> None:
 
 
 @contextlib.contextmanager
-def _staged_dir(out: Path):
-    """A scratch folder beside ``out`` that replaces it only when everything was written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _staged_bundle(out: Path) -> Iterator[Path]:
+    """A folder to build the bundle in, which replaces ``out`` only when everything was written
+    (fsutil's staging folder and publish, as every other output)."""
     if out.exists() and not (out / "bundle.json").is_file() and not (out.is_dir() and not any(out.iterdir())):
         raise ExportError(f"{out} exists and is not a feredge bundle; choose another --out")
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
+    with staging_dir(out.parent) as scratch:
+        stage = scratch / out.name
+        stage.mkdir()
         yield stage
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(stage, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        publish(scratch, out.parent)
 
 
 @dataclass
@@ -376,7 +370,7 @@ def build_bundle(target: str | Target, out_dir: str | os.PathLike[str], *, model
     for src, _, _ in SERVICE_FILES:
         if not template(src).is_file():
             raise ExportError(f"missing template {template(src)}")
-    with _staged_dir(out) as stage:
+    with _staged_bundle(out) as stage:
         wheelhouse = stage / "wheelhouse"
         wheelhouse.mkdir()
         fwheel = build_feredge_wheel(wheelhouse)
