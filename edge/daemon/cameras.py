@@ -14,7 +14,7 @@ from pathlib import Path
 from feredge.edge.daemon.config import CameraConfig, ConfigError, read_secret
 from feredge.edge.errors import EdgeError
 from feredge.edge.sources import FrameSource
-from feredge.edge.sources.reconnect import Opener, VideoFileSource
+from feredge.edge.sources.reconnect import SourcePlan, VideoFileSource
 from feredge.edge.sources.spec import SourceSpec, parse_spec, with_password
 
 
@@ -61,14 +61,12 @@ def camera_password(cfg: CameraConfig) -> str | None:
     return read_secret(None, cfg.password_env, cfg.password_credential, what=f"camera {cfg.name} password")
 
 
-def make_opener(cfg: CameraConfig) -> tuple[Opener, bool, bool]:
-    """``(opener, finite, live)`` for a camera config, from :data:`OPENERS` by the spec's kind.
-    ``finite``: the feed ends when the source ends (a video file without ``loop``); ``live``:
-    drop stale frames."""
+def make_opener(cfg: CameraConfig) -> SourcePlan:
+    """``(opener, finite, live)`` for a camera config, from :data:`OPENERS` by the spec's kind."""
     spec = check_source(cfg)
     open_fn, live = OPENERS[spec.kind]
     finite = spec.kind == "path" and not cfg.loop
-    return (lambda: open_fn(cfg, spec)), finite, live
+    return SourcePlan((lambda: open_fn(cfg, spec)), finite, live)
 
 
 def _open_picamera2(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:

@@ -32,7 +32,7 @@ from feredge.edge.daemon.sinks import Sink, create_sinks
 from feredge.edge.daemon.timeline import Timeline
 from feredge.edge.errors import EdgeError, one_line
 from feredge.edge.sources import Frame
-from feredge.edge.sources.reconnect import CameraFeed, Opener
+from feredge.edge.sources.reconnect import CameraFeed, Opener, ReconnectPolicy, SourcePlan
 from feredge.edge.sources.spec import redact
 from feredge.edge.track import Tracker
 
@@ -142,10 +142,10 @@ class Daemon:
             clf = pipe.classifier
             self.backend, self.model_name = clf.backend_name, clf.contract.name
             self.model_info = model_info(clf)
-            opener, finite, live = self._openers.get(cam.name) or make_opener(cam)
+            plan = SourcePlan(*(self._openers.get(cam.name) or make_opener(cam)))
             feed = CameraFeed(
-                cam.name, opener, stop=self.stop_event, backoff_min=cam.reconnect_min,
-                backoff_max=cam.reconnect_max, read_timeout=cam.read_timeout, live=live, finite=finite,
+                cam.name, plan, stop=self.stop_event,
+                policy=ReconnectPolicy(cam.reconnect_min, cam.reconnect_max, cam.read_timeout),
                 on_state=lambda online, reason, n=cam.name: self._camera_state(n, online, reason),
                 on_reconnect=lambda n=cam.name: self.metrics.reconnects.labels(camera=n).inc(),
             )

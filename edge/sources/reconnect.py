@@ -25,8 +25,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from feredge.edge.errors import EdgeError, one_line
 from feredge.edge.sources import Frame, FrameSource
@@ -35,6 +36,24 @@ from feredge.edge.sources.spec import redact_text
 log = logging.getLogger(__name__)
 
 Opener = Callable[[], FrameSource]
+
+
+class SourcePlan(NamedTuple):
+    """How to (re)open one camera's source, and how it behaves once open."""
+
+    opener: Opener
+    finite: bool  # the feed ends when the source ends (a video file without ``loop``)
+    live: bool  # drop stale frames: a slow loop sees what is in front of the camera now
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """When a camera counts as offline and how fast it is retried (a camera's ``reconnect_min``,
+    ``reconnect_max`` and ``read_timeout``)."""
+
+    backoff_min: float
+    backoff_max: float
+    read_timeout: float
 
 _END = object()
 
@@ -98,16 +117,13 @@ class VideoFileSource:
 class CameraFeed:
     """Frames from one camera for as long as the daemon runs; see the module docstring."""
 
-    def __init__(self, name: str, opener: Opener, *, stop: threading.Event, backoff_min: float = 0.5,
-                 backoff_max: float = 30.0, read_timeout: float = 5.0, live: bool = True, finite: bool = False,
+    def __init__(self, name: str, source: SourcePlan, *, stop: threading.Event, policy: ReconnectPolicy,
                  on_state: Callable[[bool, str], None] | None = None,
                  on_reconnect: Callable[[], None] | None = None) -> None:
         self.name = name
-        self.opener = opener
+        self.opener, self.finite, self.live = source
         self.stop = stop
-        self.backoff_min, self.backoff_max = backoff_min, backoff_max
-        self.read_timeout = read_timeout
-        self.live, self.finite = live, finite
+        self.policy = policy
         self.on_state = on_state
         self.on_reconnect = on_reconnect
         self.online = False
@@ -189,7 +205,7 @@ class CameraFeed:
                 log.debug("camera %s: close failed: %s", self.name, e)
 
     def frames(self) -> Iterator[Frame]:
-        delay = self.backoff_min
+        delay = self.policy.backoff_min
         attempt = 0
         while not self.stop.is_set():
             if attempt:
@@ -207,7 +223,7 @@ class CameraFeed:
                 self.opens += 1
                 finished, reason, got = yield from self._read_all(src)
                 if got:
-                    delay = self.backoff_min  # it worked: the next failure starts the backoff afresh
+                    delay = self.policy.backoff_min  # it worked: the next failure starts the backoff afresh
                 if self.stop.is_set():
                     return
                 if finished and self.finite:
@@ -216,7 +232,7 @@ class CameraFeed:
                     return
             self._set_offline(reason)
             self._sleep(delay)
-            delay = min(delay * 2, self.backoff_max)
+            delay = min(delay * 2, self.policy.backoff_max)
 
     def _read_all(self, src: FrameSource) -> Generator[Frame, None, tuple[bool, str, int]]:
         """Frames of one opened source, read on a thread of its own; returns ``(finished, reason
@@ -239,8 +255,8 @@ class CameraFeed:
                     item = q.get(timeout=0.25)
                 except queue.Empty:
                     self.heartbeat = now = time.monotonic()
-                    if now - last > self.read_timeout:
-                        reason = f"no frame for {self.read_timeout:g} s"
+                    if now - last > self.policy.read_timeout:
+                        reason = f"no frame for {self.policy.read_timeout:g} s"
                         break
                     continue
                 if item is _END:
