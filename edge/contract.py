@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from feredge.edge.errors import ContractError
+from feredge.edge.errors import ContractError, one_line
 from feredge.edge.fsutil import atomic_write_text, sha256_file
 
 SCHEMA = "feredge.contract/1"
@@ -176,7 +176,7 @@ class Contract:
         except ContractError:
             raise
         except (KeyError, TypeError, ValueError) as e:
-            raise ContractError(f"malformed model contract: {type(e).__name__}: {e}") from None
+            raise ContractError(f"malformed model contract: {one_line(e)}") from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Contract:

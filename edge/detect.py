@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from feredge.edge.daemon.config import DetectorConfig
 from feredge.edge.errors import EdgeError
+from feredge.edge.rules import at_least, broken, ruled
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,34 @@ SYSTEM_CASCADE_DIRS = (
 _CASCADE_WINDOW = 24
 
 Box = tuple[int, int, int, int]  # x, y, w, h in full-frame pixels
+
+
+@dataclass
+class DetectorConfig:
+    """The Haar detector's settings, for ``feredge classify`` and the daemon alike.
+
+    ``min_face`` is in full-frame pixels; ``detect_width`` = 0 detects at full resolution."""
+
+    cascade: str | None = None  # file path or a cascade file name; None = frontal-face default
+    detect_width: int = ruled(320, at_least(0), ">= 0 (0 = full size)")
+    min_face: int = ruled(40, at_least(1), ">= 1")
+    scale_factor: float = ruled(1.1, lambda v: v > 1.0, "> 1")
+    min_neighbors: int = ruled(5, at_least(0), ">= 0")
+    equalize: bool = False  # histogram equalisation helps in dim or flat light, costs ~0.2 ms
+    # Between full-frame searches, known faces are re-found near their last box (much cheaper);
+    # a full search runs every this many frames, and whenever a known face is lost.
+    redetect_every: int = ruled(10, at_least(1), ">= 1")
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x, y, w, h)`` boxes: 0 apart, 1 identical."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    union = aw * ah + bw * bh - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def cascade_search_dirs() -> list[Path]:
@@ -65,11 +95,8 @@ class FaceDetector:
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         c = self.config
-        if c.detect_width < 0 or c.min_face < 1 or c.scale_factor <= 1.0 or c.min_neighbors < 0:
-            raise EdgeError(
-                "detector settings out of range: detect_width >= 0, min_face >= 1, scale_factor > 1, "
-                "min_neighbors >= 0"
-            )
+        for name, value, must in broken(c):  # the rules on DetectorConfig's fields
+            raise EdgeError(f"detector settings out of range: {name} = {value}: must be {must}")
         self.cascade_path = find_cascade(c.cascade)
         try:
             self._cascade = cv2.CascadeClassifier(str(self.cascade_path))
@@ -151,7 +178,7 @@ class FaceDetector:
                 return None
             cx, cy = x + bw / 2, y + bh / 2  # the one closest to where the face was
             best = min(found, key=lambda b: (b[0] + b[2] / 2 - cx) ** 2 + (b[1] + b[3] / 2 - cy) ** 2)
-            if all(_iou(best, o) < 0.5 for o in out):
+            if all(iou(best, o) < 0.5 for o in out):
                 out.append(best)
         out.sort(key=lambda b: b[2] * b[3], reverse=True)
         return out
@@ -166,11 +193,3 @@ def _to_boxes(found: np.ndarray, ox: int, oy: int, scale: float, w: int, h: int)
         boxes.append((int(x0), int(y0), int(min(round(fw * inv), w - x0)), int(min(round(fh * inv), h - y0))))
     boxes.sort(key=lambda b: b[2] * b[3], reverse=True)
     return boxes
-
-
-def _iou(a: Box, b: Box) -> float:
-    iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union else 0.0

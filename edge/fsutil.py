@@ -82,12 +82,20 @@ def staging_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def publish(stage: Path, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Move every file of ``stage`` into ``out_dir`` (each move an atomic rename)."""
+    """Move every file of ``stage`` into ``out_dir`` (each move an atomic rename).
+
+    A folder that replaces one is swapped in by two renames (the old one aside, the new one in)
+    and the old one deleted afterwards, so a reader finds the old folder or the new one whole,
+    missing only for the instant between the renames, however large it is."""
     moved = []
     for src in sorted(p for p in stage.iterdir()):
         dst = Path(out_dir) / src.name
+        old = None
         if dst.is_dir() and src.is_dir():
-            shutil.rmtree(dst)
+            old = dst.with_name(f"{STAGING_PREFIX}{os.getpid()}-old-{dst.name}")
+            os.replace(dst, old)
         os.replace(src, dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         moved.append(dst)
     return moved

@@ -66,7 +66,8 @@ class Pipeline:
     between it re-finds the known faces near where they were (:meth:`FaceDetector.detect_near`),
     which costs a fraction of a full search. A face entering the picture is therefore reported
     at most ``redetect_every - 1`` frames late; ``redetect_every=1`` searches every frame fully.
-    Still images are always searched fully.
+    Still images are always searched fully. ``redetect_every`` defaults to the detector's
+    (:class:`~feredge.edge.detect.DetectorConfig`, the one place the detector defaults live).
     """
 
     def __init__(
@@ -74,12 +75,14 @@ class Pipeline:
         classifier: Classifier,
         detector: FaceDetector | None = None,
         max_faces: int | None = None,
-        redetect_every: int = 10,
+        redetect_every: int | None = None,
     ):
+        self.detector = detector or FaceDetector()
+        if redetect_every is None:
+            redetect_every = self.detector.config.redetect_every
         if redetect_every < 1:
             raise EdgeError(f"redetect_every must be >= 1, got {redetect_every}")
         self.classifier = classifier
-        self.detector = detector or FaceDetector()
         self.max_faces = max_faces
         self.redetect_every = redetect_every
         self._gray_model = classifier.contract.input.color == "gray"

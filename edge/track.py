@@ -20,19 +20,25 @@ from typing import Any
 
 import numpy as np
 
-from feredge.edge.daemon.config import TrackingConfig
-from feredge.edge.detect import Box
+from feredge.edge.detect import Box, iou
 from feredge.edge.model import UNCERTAIN
+from feredge.edge.rules import at_least, positive, ruled
 
 
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    union = aw * ah + bw * bh - inter
-    return float(inter / union) if union > 0 else 0.0
+@dataclass
+class TrackingConfig:
+    iou: float = ruled(0.3, lambda v: 0.0 < v < 1.0, "between 0 and 1")
+    # Time constant (seconds) of the exponential smoothing of a face's probabilities. In seconds,
+    # not frames, so a 30 fps USB camera and a 5 fps Pi camera smooth alike; 0 = no smoothing.
+    smoothing: float = ruled(0.5, at_least(0), ">= 0 seconds")
+    # A face must be seen this many frames before it "appears" (suppresses false detections).
+    min_hits: int = ruled(2, at_least(1), ">= 1")
+    # A track "leaves" after this many seconds without a matching detection.
+    leave_after: float = ruled(1.5, positive, "> 0 seconds")
+    # A label change needs the new label to lead the old one by this much (hysteresis) ...
+    change_margin: float = ruled(0.1, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+    # ... without a break for this many seconds (0 = at once).
+    change_hold: float = ruled(0.3, at_least(0), ">= 0 seconds")
 
 
 @dataclass

@@ -25,12 +25,12 @@ import cv2
 import numpy as np
 
 from feredge.edge.contract import FER2013_LABELS
+from feredge.edge.sources import IMAGE_EXTENSIONS as IMAGE_EXTS
+from feredge.edge.sources.images import read_image
 from feredge.export.errors import ExportError, NoTestPart
 from feredge.export.progress import progress_bar
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp"}
 
 # Names other datasets use for the FER2013 classes (AffectNet, RAF-DB, CK+ folders...).
 _ALIASES = {
@@ -63,18 +63,6 @@ def as_opencv(image: np.ndarray) -> np.ndarray | None:
     elif img.dtype != np.uint8:
         img = np.clip(np.rint(img.astype(np.float64)), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(img)
-
-
-def read_image(path: str | os.PathLike[str]) -> np.ndarray | None:
-    """Decode one file with OpenCV; None (never an exception) when it is not a readable image."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    img = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR)
-    return None if img is None else as_opencv(img)
 
 
 @dataclass
@@ -335,7 +323,7 @@ def _read_dir(p: Path, part: str) -> ImageSet:
     if not files:
         raise ExportError(f"calibration source {root} contains no images ({', '.join(sorted(IMAGE_EXTS))})")
     return ImageSet(ids=ids, labels=labels, class_names=class_names, description=desc,
-                    loader=lambda i: read_image(files[i]))
+                    loader=lambda i: read_image(files[i], keep_grey=True, strict=True)[0])
 
 
 _CSV_PART = {"train": "Training", "test": "PublicTest"}

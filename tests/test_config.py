@@ -226,3 +226,40 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     cfg = C.load(p, {"camera.2.source": "rel.mp4"})
     assert cfg.model.path == str(sub / "models/fer") and cfg.jsonl.path == str(sub / "out/f.jsonl")
     assert [c.source for c in cfg.camera] == [str(sub / "clips/a.mp4"), "/dev/video1", "rel.mp4"]
+
+
+def test_model_backend_is_refused_at_load(tmp_path):
+    """A misspelt backend fails when the config is read, naming the line and the choices, not
+    when the model loads in every camera thread."""
+    p = tmp_path / "c.toml"
+    p.write_text("[model]\nbackend = 'tpu'\n")
+    with pytest.raises(C.ConfigError, match=r"c\.toml line 2: model\.backend = 'tpu': "
+                                            r"must be auto, litert, tflite-runtime or tensorflow$"):
+        C.load(p)
+    with pytest.raises(C.ConfigError, match=r"^override model\.backend: model\.backend = 'tf-lite': must be auto"):
+        C.load(None, {"model.backend": "tf-lite"})
+    for name in ("auto", "litert", "tflite-runtime", "tensorflow", "tflite"):  # "tflite": an alias
+        p.write_text(f"[model]\nbackend = '{name}'\n")
+        assert C.load(p).model.backend == name
+
+
+def test_backend_choices_are_the_registry():
+    from feredge.edge import backends
+
+    assert set(C.BACKEND_NAMES) == {"auto", *backends.BACKENDS, *backends.ALIASES}
+
+
+def test_every_number_in_the_config_has_its_rule_beside_it():
+    """A numeric field added without a range would take any value; its rule lives on the field."""
+    import dataclasses
+    import typing
+
+    missing, numbers = [], 0
+    for section, _, table in C.Config()._tables():
+        hints = typing.get_type_hints(type(table))
+        for f in dataclasses.fields(table):
+            if {int, float} & set(typing.get_args(hints[f.name]) or (hints[f.name],)):
+                numbers += 1
+                if "rule" not in f.metadata:
+                    missing.append(f"{section}.{f.name}")
+    assert numbers > 20 and not missing, f"fields without a rule: {missing}"

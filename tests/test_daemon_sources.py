@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 from helpers import RecordingSink, make_config, start, stop, wait_until
 
+from feredge.edge.daemon.cameras import make_opener
 from feredge.edge.daemon.config import CameraConfig, ConfigError
 from feredge.edge.daemon.run import Daemon
 from feredge.edge.detect import FaceDetector
 from feredge.edge.errors import EdgeError
-from feredge.edge.sources.reconnect import VideoFileSource, make_opener
+from feredge.edge.sources.reconnect import VideoFileSource
 from feredge.edge.sources.spec import parse_spec
 
 MAIN = (640, 480)

@@ -9,19 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from feredge.edge.detect import DetectorConfig, FaceDetector, find_cascade
+from feredge.edge.detect import DetectorConfig, FaceDetector, find_cascade, iou
 from feredge.edge.errors import EdgeError
 from feredge.edge.preprocess import crop_face
 from feredge.edge.sources import Frame, FrameSource, open_source
-
-
-def _iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    return inter / (aw * ah + bw * bh - inter)
 
 
 def test_astronaut_face_found_in_full_frame_pixels(astronaut_bgr):
@@ -33,7 +24,7 @@ def test_astronaut_face_found_in_full_frame_pixels(astronaut_bgr):
     assert 140 < x + w / 2 < 300 and 60 < y + h / 2 < 200 and 60 < w < 160
     # Detecting at full size finds the same face: the downscaled boxes were scaled back.
     full = FaceDetector(DetectorConfig(detect_width=0)).detect(astronaut_bgr)
-    assert len(full) == 1 and _iou(full[0], boxes[0]) > 0.6
+    assert len(full) == 1 and iou(full[0], boxes[0]) > 0.6
     # A luma plane (what the daemon gets from a camera) gives the same answer as BGR.
     assert det.detect_gray(cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)) == boxes
 
@@ -42,7 +33,7 @@ def test_upscaled_frame_boxes_scale_with_it(astronaut_bgr):
     big = cv2.resize(astronaut_bgr, (1024, 1024), interpolation=cv2.INTER_LINEAR)
     (b,) = FaceDetector().detect(astronaut_bgr)
     (bb,) = FaceDetector().detect(big)
-    assert _iou(tuple(v * 2 for v in b), bb) > 0.6
+    assert iou(tuple(v * 2 for v in b), bb) > 0.6
 
 
 def test_min_face_and_no_face():

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from feredge.edge.detect import FaceDetector, _iou
+from feredge.edge.detect import FaceDetector, iou
 from feredge.edge.errors import EdgeError
 from feredge.edge.model import Classifier
 from feredge.edge.pipeline import Pipeline
@@ -34,7 +34,7 @@ def test_detect_near_refinds_the_face_and_gives_up_elsewhere(frames):
     near = det.detect_near(g1, [b0])
     (full1,) = det.detect_gray(g1)
     assert near is not None and len(near) == 1
-    assert _iou(near[0], full1) > 0.7
+    assert iou(near[0], full1) > 0.7
     assert det.detect_near(g1, [(0, 0, 60, 60)]) is None  # nothing there: caller must search fully
     assert det.detect_near(g1, [b0, (0, 0, 60, 60)]) is None
 
@@ -48,7 +48,7 @@ def test_pipeline_searches_fully_every_n_frames(edge_model: Path, frames):
     assert full.full_searches == len(frames) and full.near_searches == 0
     assert fast.full_searches == 3 and fast.near_searches == len(frames) - 3  # frames 0, 10, 20
     assert all(len(r.faces) == 1 for r in res_fast)
-    ious = [_iou(a.faces[0].box, b.faces[0].box) for a, b in zip(res_fast, res_full, strict=True) if b.faces]
+    ious = [iou(a.faces[0].box, b.faces[0].box) for a, b in zip(res_fast, res_full, strict=True) if b.faces]
     assert len(ious) >= len(frames) - 2 and float(np.mean(ious)) > 0.75
     # A new source starts with a full search; still images are never chained.
     fast.process(Frame(frames[0].image, 0, 0.0, "other.mp4", 0.0))

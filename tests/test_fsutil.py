@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from feredge.edge.fsutil import atomic_path, atomic_write_bytes
+from feredge.edge.fsutil import atomic_path, atomic_write_bytes, publish, staging_dir
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
@@ -34,3 +34,16 @@ def test_existing_target_is_kept_until_the_new_one_is_complete(tmp_path):
     assert target.read_text() == "old"
     atomic_write_bytes(target, b"new")
     assert target.read_text() == "new"
+
+
+def test_a_published_folder_replaces_the_old_one_whole(tmp_path):
+    """The bundle is published this way: no file of the old folder survives, nothing is left aside."""
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "stale.whl").write_bytes(b"old")
+    (tmp_path / "keep.txt").write_text("beside it")
+    with staging_dir(tmp_path) as scratch:
+        (scratch / "bundle").mkdir()
+        (scratch / "bundle" / "bundle.json").write_text("{}")
+        publish(scratch, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "keep.txt"]
+    assert [p.name for p in (tmp_path / "bundle").iterdir()] == ["bundle.json"]

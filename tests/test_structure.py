@@ -1,6 +1,7 @@
 """The shape of the code, kept by a test so later work keeps it: small functions, and an
 architecture document that names only what exists. Also: the device package never imports
-TensorFlow (tests/test_edge_cli.py proves it at run time; this reads the sources)."""
+TensorFlow (tests/test_edge_cli.py proves it at run time; this reads the sources), and its
+runtime core never imports the daemon or the CLI built on it."""
 
 from __future__ import annotations
 
@@ -47,12 +48,46 @@ def test_architecture_doc_names_only_what_exists():
         assert (ROOT / path).is_file(), f"docs/architecture.md names {path}, which does not exist"
 
 
+def _imports(f: Path) -> list[str]:
+    """Every module ``f`` imports, at the top or inside a function (lazy imports count too)."""
+    names = []
+    for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+    return names
+
+
 def test_edge_sources_never_import_tensorflow():
     for f in (ROOT / "edge").rglob("*.py"):
         if f.name == "tensorflow_lite.py":  # the one backend that is TensorFlow, imported only when chosen
             continue
-        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            bad = [n for n in names if n.split(".")[0] in ("tensorflow", "keras", "tf_keras")]
-            assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
+        bad = [n for n in _imports(f) if n.split(".")[0] in ("tensorflow", "keras", "tf_keras")]
+        assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
+
+
+def test_runtime_core_never_imports_the_daemon_or_the_cli():
+    """The core (edge/ outside edge/daemon and edge/cli) is what both phases build on; an import
+    the other way would make the core carry the daemon's config and sinks wherever it goes."""
+    core = [f for f in (ROOT / "edge").rglob("*.py") if f.relative_to(ROOT / "edge").parts[0] not in ("daemon", "cli")]
+    assert any(f.name == "pipeline.py" for f in core)
+    for f in core:
+        bad = [n for n in _imports(f) if n.startswith(("feredge.edge.daemon", "feredge.edge.cli"))]
+        assert not bad, f"{f.relative_to(ROOT)} (runtime core) imports {bad}"
+
+
+MAX_PARAMS = 6  # positional + keyword-only, not self/cls/*args/**kwargs; more: group them in a dataclass
+
+
+def test_no_long_parameter_lists_on_the_device_side():
+    long_lists = []
+    for folder in (ROOT / "edge", ROOT / "export" / "bundle"):
+        for f in sorted(folder.rglob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    a = node.args
+                    names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs) if x.arg not in ("self", "cls")]
+                    if len(names) > MAX_PARAMS:
+                        long_lists.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name}() has {len(names)}")
+    assert not long_lists, f"more than {MAX_PARAMS} parameters: {long_lists}"

@@ -87,7 +87,7 @@ def load_runtime(backend: str = "auto") -> Runtime:
             return mod.load()
         except ImportError as e:
             raise EdgeError(
-                f"backend {mod.NAME!r} is not installed ({e}); pip install {mod.PACKAGE}"
+                f"backend {mod.NAME!r} is not installed ({one_line(e, with_type=False)}); pip install {mod.PACKAGE}"
             ) from None
     errors = []
     for name in BACKENDS:
@@ -98,7 +98,7 @@ def load_runtime(backend: str = "auto") -> Runtime:
         try:
             return mod.load()
         except ImportError as e:  # installed but broken (e.g. a wheel for another CPU)
-            errors.append(f"{mod.PACKAGE}: {e}")
+            errors.append(f"{mod.PACKAGE}: {one_line(e, with_type=False)}")
             log.debug("backend %s not usable: %s", name, e)
     raise EdgeError(
         "no TFLite interpreter is installed (" + "; ".join(errors) + "); pip install 'feredge[edge]' (ai-edge-litert)"

@@ -29,10 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="interpreter threads (default: the runtime's choice)")
     p.add_argument("--max-frames", type=int, help="stop each input after N frames")
     p.add_argument("--max-faces", type=int, help="classify at most the N largest faces per frame")
-    p.add_argument("--detect-width", type=int, default=320, help="width faces are searched at (0 = full size)")
-    p.add_argument("--min-face", type=int, default=40, help="smallest face in full-frame pixels")
+    # Detector settings default to DetectorConfig's (None here: the CLI does not import OpenCV to list commands).
+    p.add_argument("--detect-width", type=int, help="width faces are searched at (0 = full size)")
+    p.add_argument("--min-face", type=int, help="smallest face in full-frame pixels")
     p.add_argument("--cascade", help="Haar cascade file (default: OpenCV's frontal-face cascade)")
-    p.add_argument("--redetect-every", type=int, default=10, metavar="N",
+    p.add_argument("--redetect-every", type=int, metavar="N",
                    help="video/camera: search the whole frame every N frames, in between only near known faces "
                         "(1 = whole frame every time)")
 
@@ -109,9 +110,11 @@ def _build_pipeline(args: argparse.Namespace):
 
     clf = Classifier(args.model, backend=args.backend, device=args.device, num_threads=args.threads,
                      min_score=args.min_score)
-    det = FaceDetector(DetectorConfig(cascade=args.cascade, detect_width=args.detect_width, min_face=args.min_face))
+    given = {"cascade": args.cascade, "detect_width": args.detect_width, "min_face": args.min_face,
+             "redetect_every": args.redetect_every}
+    det = FaceDetector(DetectorConfig(**{k: v for k, v in given.items() if v is not None}))
     log.debug("model %s", clf.describe())
-    return Pipeline(clf, det, max_faces=args.max_faces, redetect_every=args.redetect_every)
+    return Pipeline(clf, det, max_faces=args.max_faces)
 
 
 def _write_annotated(res, spec: str, target: Path, writer, single: bool) -> None:

@@ -83,12 +83,12 @@ def _interpreter(r: dict[str, Any], backend: str, todo: list[str]) -> Any:
 
 
 def _opencv(r: dict[str, Any], todo: list[str]) -> None:
-    from feredge.edge.errors import FeredgeError
+    from feredge.edge.errors import FeredgeError, one_line
 
     try:
         import cv2
     except ImportError as e:
-        r["opencv"], r["cascade"], r["cascade_error"] = None, None, str(e)
+        r["opencv"], r["cascade"], r["cascade_error"] = None, None, one_line(e, with_type=False)
         todo.append("pip install 'opencv-python-headless<5'")
         return
     r["opencv"] = cv2.__version__

@@ -15,12 +15,18 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from feredge.edge import rules
+from feredge.edge.backends import ALIASES, BACKENDS, DEVICES
+from feredge.edge.daemon.identity import NODE_ID_RULE, valid_node_id
+from feredge.edge.detect import DetectorConfig
 from feredge.edge.errors import EdgeError
+from feredge.edge.rules import at_least, choice, either, positive, ruled
+from feredge.edge.track import TrackingConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,51 +40,55 @@ class ConfigError(EdgeError):
     """The configuration file or a command-line override is invalid."""
 
 
+# ---- rules (each beside its field, as ruled(default, check, what it must be)) -----------------
+
+_CAMERA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*")
+# model.backend: a backend plug-in's name or one of its aliases, or "auto".
+BACKEND_NAMES = ("auto", *BACKENDS, *ALIASES)
+
+
+def _host_or_ip(v: str) -> bool:
+    try:
+        ipaddress.ip_address(v)
+        return True
+    except ValueError:
+        return _HOSTNAME.fullmatch(v) is not None
+
+
+def _port(lo: int) -> Callable[[int], bool]:
+    return lambda v: lo <= v < 65536
+
+
 @dataclass
 class ModelConfig:
     # None: the shipped default model (package data).
     path: str | None = None
-    backend: str = "auto"
-    device: str = "auto"  # auto | cpu | coral
-    num_threads: int | None = None
+    backend: str = choice("auto", BACKEND_NAMES, either(("auto", *BACKENDS)))  # or an alias (backends.ALIASES)
+    device: str = choice("auto", DEVICES)
+    num_threads: int | None = ruled(None, lambda v: v is None or v >= 1, ">= 1")
     # Faces whose smoothed top probability is below this are reported as "uncertain".
-    min_score: float = 0.0
-
-
-@dataclass
-class DetectorConfig:
-    """The Haar detector's settings, for ``feredge classify`` and the daemon alike.
-
-    ``min_face`` is in full-frame pixels; ``detect_width`` = 0 detects at full resolution."""
-
-    cascade: str | None = None  # file path or a cascade file name; None = frontal-face default
-    detect_width: int = 320
-    min_face: int = 40
-    scale_factor: float = 1.1
-    min_neighbors: int = 5
-    equalize: bool = False  # histogram equalisation helps in dim or flat light, costs ~0.2 ms
-    # Between full-frame searches, known faces are re-found near their last box (much cheaper);
-    # a full search runs every this many frames, and whenever a known face is lost.
-    redetect_every: int = 10
+    min_score: float = ruled(0.0, lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
 
 
 @dataclass
 class CameraConfig:
-    name: str = "cam0"
+    name: str = ruled("cam0", lambda v: _CAMERA_NAME.fullmatch(v) is not None,
+                      "only letters, digits, _ and - (1 to 64)")
     # auto | picamera2[:N] | v4l2:/dev/videoN | /dev/videoN | N | video file | rtsp://… | http://…
     source: str = "auto"
-    width: int = 1280
-    height: int = 720
-    fps: float = 15.0
+    width: int = ruled(1280, positive, "> 0")
+    height: int = ruled(720, positive, "> 0")
+    fps: float = ruled(15.0, positive, "> 0")
     # Video files only: "realtime" paces frames by their timestamps, "fast" as fast as possible.
-    pace: str = "realtime"
+    pace: str = choice("realtime", ("realtime", "fast"), "'realtime' or 'fast'")
     loop: bool = False
     # Reconnect backoff: first wait, cap, and the read timeout after which a camera is offline.
-    reconnect_min: float = 0.5
-    reconnect_max: float = 30.0
-    read_timeout: float = 5.0
+    reconnect_min: float = ruled(0.5, positive, "> 0")
+    reconnect_max: float = ruled(30.0, positive, "> 0")
+    read_timeout: float = ruled(5.0, positive, "> 0")
     # Detection on every Nth frame only (the tracker keeps boxes in between).
-    detect_every: int = 1
+    detect_every: int = ruled(1, at_least(1), ">= 1")
     # A stream URL's password, kept out of the file: read from this environment variable or
     # systemd credential and put into the URL (rtsp://USER@host/…) only when it is opened.
     password_env: str | None = None
@@ -86,54 +96,39 @@ class CameraConfig:
 
 
 @dataclass
-class TrackingConfig:
-    iou: float = 0.3
-    # Time constant (seconds) of the exponential smoothing of a face's probabilities. In seconds,
-    # not frames, so a 30 fps USB camera and a 5 fps Pi camera smooth alike; 0 = no smoothing.
-    smoothing: float = 0.5
-    # A face must be seen this many frames before it "appears" (suppresses false detections).
-    min_hits: int = 2
-    # A track "leaves" after this many seconds without a matching detection.
-    leave_after: float = 1.5
-    # A label change needs the new label to lead the old one by this much (hysteresis) ...
-    change_margin: float = 0.1
-    # ... without a break for this many seconds (0 = at once).
-    change_hold: float = 0.3
-
-
-@dataclass
 class DaemonConfig:
     # A camera loop that has not made progress for this long stops the watchdog pings.
-    stall_timeout: float = 10.0
+    stall_timeout: float = ruled(10.0, positive, "> 0 seconds")
     # A camera offline this long also stops the watchdog pings, so systemd restarts the service
     # (the last resort for a wedged driver); 0 = never.
-    offline_restart: float = 300.0
+    offline_restart: float = ruled(300.0, at_least(0), ">= 0 seconds (0 = never)")
     # How long start-up waits for the first frames before reporting READY anyway.
-    startup_timeout: float = 20.0
-    status_interval: float = 5.0
-    stats_interval: float = 30.0
+    startup_timeout: float = ruled(20.0, at_least(0), ">= 0 seconds")
+    status_interval: float = ruled(5.0, positive, "> 0 seconds")
+    stats_interval: float = ruled(30.0, positive, "> 0 seconds")
 
 
 @dataclass
 class JsonlConfig:
     enabled: bool = True
     path: str = "-"  # "-" = stdout
-    max_bytes: int = 10_000_000
-    backups: int = 3
+    max_bytes: int = ruled(10_000_000, at_least(1024), ">= 1024")
+    backups: int = ruled(3, at_least(0), ">= 0")
     # "events": appear/change/leave only; "frames": also every frame with faces; "all": every frame.
-    mode: str = "events"
+    mode: str = choice("events", ("events", "frames", "all"))
 
 
 @dataclass
 class MqttConfig:
     enabled: bool = False
     host: str = "localhost"
-    port: int = 1883
+    port: int = ruled(1883, _port(1), "a TCP port (1-65535)")
     # The device's identity in a fleet (topics, Home Assistant device); $FEREDGE_NODE_ID wins, and
     # the default is derived from /etc/machine-id (edge/daemon/identity.py). client_id defaults to it.
-    node_id: str | None = None
+    node_id: str | None = ruled(None, lambda v: v is None or valid_node_id(v), NODE_ID_RULE)
     client_id: str | None = None
-    base_topic: str = "feredge"
+    base_topic: str = ruled("feredge", lambda v: re.fullmatch(r"[^#+\s]+", v) is not None and not v.endswith("/"),
+                            "a topic without #, +, spaces or a trailing /")
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
     username: str | None = None
@@ -145,20 +140,20 @@ class MqttConfig:
     cert_file: str | None = None
     key_file: str | None = None
     tls_insecure: bool = False
-    keepalive: int = 30
-    qos: int = 1
-    queue_size: int = 1000
-    reconnect_min: float = 1.0
-    reconnect_max: float = 60.0
+    keepalive: int = ruled(30, at_least(1), ">= 1 second")
+    qos: int = choice(1, (0, 1, 2))
+    queue_size: int = ruled(1000, at_least(1), ">= 1")
+    reconnect_min: float = ruled(1.0, positive, "> 0 seconds")
+    reconnect_max: float = ruled(60.0, positive, "> 0 seconds")
     # Per-camera state is published on change, at most this often (seconds).
-    state_interval: float = 1.0
+    state_interval: float = ruled(1.0, at_least(0), ">= 0 seconds")
 
 
 @dataclass
 class HttpConfig:
     enabled: bool = True
-    bind: str = "127.0.0.1"
-    port: int = 8800
+    bind: str = ruled("127.0.0.1", _host_or_ip, "an IP address or a host name")
+    port: int = ruled(8800, _port(0), "a TCP port (0-65535, 0 = any free port)")
     token: str | None = None  # prefer token_env / token_credential
     token_env: str = "FEREDGE_HTTP_TOKEN"
     token_credential: str = "http_token"
@@ -168,10 +163,11 @@ class HttpConfig:
     # Threads answering requests (a fixed pool); a request that finds them all busy is answered 503
     # at once. Live streams (events, MJPEG) each hold one, at most workers - 4 (and 8) of them.
     # Connections still sending their headers hold no thread (at most 256, 5 s each).
-    workers: int = 12
+    workers: int = ruled(12, lambda v: 4 <= v <= 256, "between 4 and 256")
     # Names this server is reached by besides its addresses, localhost and its hostname, comma-
     # separated (e.g. "pi.example.lan"): any other Host header is refused (DNS rebinding).
-    allowed_hosts: str = ""
+    allowed_hosts: str = ruled("", lambda v: all(_host_or_ip(h.strip()) for h in v.split(",") if h.strip()),
+                               "comma-separated host names")
 
 
 @dataclass
@@ -187,16 +183,12 @@ class Config:
     source_path: str | None = None  # the file this came from (for messages), not a TOML key
 
     def validate(self) -> Config:
-        """Ranges (:data:`_RULES`, each message naming the key and its line), then the checks
+        """The rules on the fields (each message naming the key and its line), then the checks
         that involve more than one key."""
-        for (section, key), (ok, must) in _RULES.items():
-            tables = list(enumerate(self.camera)) if section == "camera" else [(None, getattr(self, section))]
-            for index, table in tables:
-                value = getattr(table, key)
-                if not ok(value):
-                    raise ConfigError(f"{self.where(section, key, index)}: {section}.{key} = "
-                                      f"{_show(value, f'{section}.{key}')}: "
-                                      f"must be {must}")
+        for section, index, table in self._tables():
+            for key, value, must in rules.broken(table):
+                raise ConfigError(f"{self.where(section, key, index)}: {section}.{key} = "
+                                  f"{_show(value, f'{section}.{key}')}: must be {must}")
         if not self.camera:
             raise ConfigError(f"{self.where()}: at least one [[camera]] is required")
         if len(self.camera) > MAX_CAMERAS:
@@ -223,6 +215,14 @@ class Config:
                 "or http.token)"
             )
         return self
+
+    def _tables(self) -> Iterator[tuple[str, int | None, Any]]:
+        """``(section, camera index or None, table)``: the cameras first, then the other sections."""
+        for i, cam in enumerate(self.camera):
+            yield "camera", i, cam
+        for f in dataclasses.fields(self):
+            if f.name not in ("camera", "source_path"):
+                yield f.name, None, getattr(self, f.name)
 
     def _check_jsonl_path(self) -> None:
         """A path the daemon cannot write fails the check, not the first event hours later."""
@@ -298,7 +298,7 @@ def read_secret(value: str | None, env: str | None, credential: str | None, *, w
     return secret.strip()
 
 
-# ---- ranges ----------------------------------------------------------------------------
+# ---- messages --------------------------------------------------------------------------
 
 SHOW_MAX = 60  # characters of a bad value quoted in an error; a 10 MB value is not echoed whole
 _SECRET_KEY = re.compile(r"(token|password|secret|passphrase)$")
@@ -310,87 +310,6 @@ def _show(value: Any, name: str = "") -> str:
         return f"<{type(value).__name__}, hidden: {name} is a secret>"
     text = repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
     return text if len(text) <= SHOW_MAX else f"{text[:SHOW_MAX]}… ({len(text):,} characters)"
-
-
-_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9][A-Za-z0-9-]{0,62})*")
-
-
-def _host_or_ip(v: str) -> bool:
-    try:
-        ipaddress.ip_address(v)
-        return True
-    except ValueError:
-        return _HOSTNAME.fullmatch(v) is not None
-
-
-def _positive(v: float) -> bool:
-    return v > 0
-
-
-def _at_least(n: float) -> Callable[[float], bool]:
-    return lambda v: v >= n
-
-
-def _one_of(*values: Any) -> Callable[[Any], bool]:
-    return lambda v: v in values
-
-
-def _port(lo: int) -> Callable[[int], bool]:
-    return lambda v: lo <= v < 65536
-
-
-# (section, key) -> (check, what the value must be). Types are checked while reading; these are the
-# ranges. "camera" applies to every [[camera]].
-_RULES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
-    ("camera", "name"): (lambda v: re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) is not None,
-                         "only letters, digits, _ and - (1 to 64)"),
-    ("camera", "pace"): (_one_of("realtime", "fast"), "'realtime' or 'fast'"),
-    ("camera", "width"): (_positive, "> 0"),
-    ("camera", "height"): (_positive, "> 0"),
-    ("camera", "fps"): (_positive, "> 0"),
-    ("camera", "detect_every"): (_at_least(1), ">= 1"),
-    ("camera", "reconnect_min"): (_positive, "> 0"),
-    ("camera", "reconnect_max"): (_positive, "> 0"),
-    ("camera", "read_timeout"): (_positive, "> 0"),
-    ("model", "device"): (_one_of("auto", "cpu", "coral"), "auto, cpu or coral"),
-    ("model", "min_score"): (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
-    ("model", "num_threads"): (lambda v: v is None or v >= 1, ">= 1"),
-    ("detector", "detect_width"): (_at_least(0), ">= 0 (0 = full size)"),
-    ("detector", "min_face"): (_at_least(1), ">= 1"),
-    ("detector", "scale_factor"): (lambda v: v > 1.0, "> 1"),
-    ("detector", "min_neighbors"): (_at_least(0), ">= 0"),
-    ("detector", "redetect_every"): (_at_least(1), ">= 1"),
-    ("tracking", "iou"): (lambda v: 0.0 < v < 1.0, "between 0 and 1"),
-    ("tracking", "smoothing"): (_at_least(0), ">= 0 seconds"),
-    ("tracking", "min_hits"): (_at_least(1), ">= 1"),
-    ("tracking", "leave_after"): (_positive, "> 0 seconds"),
-    ("tracking", "change_margin"): (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    ("tracking", "change_hold"): (_at_least(0), ">= 0 seconds"),
-    ("daemon", "stall_timeout"): (_positive, "> 0 seconds"),
-    ("daemon", "offline_restart"): (_at_least(0), ">= 0 seconds (0 = never)"),
-    ("daemon", "startup_timeout"): (_at_least(0), ">= 0 seconds"),
-    ("daemon", "status_interval"): (_positive, "> 0 seconds"),
-    ("daemon", "stats_interval"): (_positive, "> 0 seconds"),
-    ("jsonl", "mode"): (_one_of("events", "frames", "all"), "events, frames or all"),
-    ("jsonl", "max_bytes"): (_at_least(1024), ">= 1024"),
-    ("jsonl", "backups"): (_at_least(0), ">= 0"),
-    ("mqtt", "port"): (_port(1), "a TCP port (1-65535)"),
-    ("mqtt", "qos"): (_one_of(0, 1, 2), "0, 1 or 2"),
-    ("mqtt", "queue_size"): (_at_least(1), ">= 1"),
-    ("mqtt", "node_id"): (lambda v: v is None or re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) is not None,
-                          "1-64 letters, digits, _ or -"),
-    ("mqtt", "keepalive"): (_at_least(1), ">= 1 second"),
-    ("mqtt", "reconnect_min"): (_positive, "> 0 seconds"),
-    ("mqtt", "reconnect_max"): (_positive, "> 0 seconds"),
-    ("mqtt", "state_interval"): (_at_least(0), ">= 0 seconds"),
-    ("mqtt", "base_topic"): (lambda v: re.fullmatch(r"[^#+\s]+", v) is not None and not v.endswith("/"),
-                             "a topic without #, +, spaces or a trailing /"),
-    ("http", "port"): (_port(0), "a TCP port (0-65535, 0 = any free port)"),
-    ("http", "bind"): (_host_or_ip, "an IP address or a host name"),
-    ("http", "workers"): (lambda v: 4 <= v <= 256, "between 4 and 256"),
-    ("http", "allowed_hosts"): (lambda v: all(_host_or_ip(h.strip()) for h in v.split(",") if h.strip()),
-                                "comma-separated host names"),
-}
 
 
 # ---- loading ---------------------------------------------------------------------------

@@ -25,6 +25,13 @@ APP_ID = "2b7c7d41e8a24a33a1b8f2c9d6e5f401"
 MACHINE_ID = Path("/etc/machine-id")
 ENV = "FEREDGE_NODE_ID"
 _VALID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# What a node id may be (it is a topic level and an MQTT client id): the one rule, for
+# $FEREDGE_NODE_ID here and for mqtt.node_id in the config.
+NODE_ID_RULE = "1-64 letters, digits, _ or -"
+
+
+def valid_node_id(value: str) -> bool:
+    return _VALID.fullmatch(value) is not None
 
 
 def app_specific_id(machine_id: str, app_id: str = APP_ID) -> str:
@@ -51,7 +58,7 @@ def node_id(configured: str | None = None) -> str:
     """The node id in force: ``$FEREDGE_NODE_ID`` > ``mqtt.node_id`` > :func:`default_node_id`."""
     for where, value in ((f"${ENV}", os.environ.get(ENV)), ("mqtt.node_id", configured)):
         if value is not None and value.strip():
-            if not _VALID.fullmatch(value.strip()):
-                raise EdgeError(f"{where} = {value!r}: a node id is 1-64 letters, digits, _ or -")
+            if not valid_node_id(value.strip()):
+                raise EdgeError(f"{where} = {value!r}: a node id is {NODE_ID_RULE}")
             return value.strip()
     return default_node_id()

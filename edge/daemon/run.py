@@ -23,6 +23,7 @@ import numpy as np
 
 from feredge import __version__
 from feredge.edge.daemon import config as cfgmod
+from feredge.edge.daemon.cameras import check_source, make_opener
 from feredge.edge.daemon.config import CameraConfig, Config, ConfigError
 from feredge.edge.daemon.identity import node_id
 from feredge.edge.daemon.metrics import DaemonMetrics
@@ -31,7 +32,7 @@ from feredge.edge.daemon.sinks import Sink, create_sinks
 from feredge.edge.daemon.timeline import Timeline
 from feredge.edge.errors import EdgeError, one_line
 from feredge.edge.sources import Frame
-from feredge.edge.sources.reconnect import CameraFeed, Opener, check_source, make_opener
+from feredge.edge.sources.reconnect import CameraFeed, Opener, ReconnectPolicy, SourcePlan
 from feredge.edge.sources.spec import redact
 from feredge.edge.track import Tracker
 
@@ -130,7 +131,7 @@ class Daemon:
         m = self.cfg.model
         clf = Classifier(m.path, backend=m.backend, device=m.device, num_threads=m.num_threads)
         det = FaceDetector(self.cfg.detector)
-        return Pipeline(clf, det, redetect_every=self.cfg.detector.redetect_every)
+        return Pipeline(clf, det)
 
     def setup(self) -> None:
         """Load the model (one interpreter per camera: they are not thread-safe), open sinks.
@@ -141,10 +142,10 @@ class Daemon:
             clf = pipe.classifier
             self.backend, self.model_name = clf.backend_name, clf.contract.name
             self.model_info = model_info(clf)
-            opener, finite, live = self._openers.get(cam.name) or make_opener(cam)
+            plan = SourcePlan(*(self._openers.get(cam.name) or make_opener(cam)))
             feed = CameraFeed(
-                cam.name, opener, stop=self.stop_event, backoff_min=cam.reconnect_min,
-                backoff_max=cam.reconnect_max, read_timeout=cam.read_timeout, live=live, finite=finite,
+                cam.name, plan, stop=self.stop_event,
+                policy=ReconnectPolicy(cam.reconnect_min, cam.reconnect_max, cam.read_timeout),
                 on_state=lambda online, reason, n=cam.name: self._camera_state(n, online, reason),
                 on_reconnect=lambda n=cam.name: self.metrics.reconnects.labels(camera=n).inc(),
             )
@@ -403,8 +404,8 @@ class Daemon:
                 cam.thread.start()
             except RuntimeError as e:  # "can't start new thread": at the unit's TasksMax
                 self.shutdown()
-                raise EdgeError(f"camera {cam.cfg.name}: cannot start its thread ({e}); too many threads "
-                                "(TasksMax?)") from None
+                raise EdgeError(f"camera {cam.cfg.name}: cannot start its thread ({one_line(e, with_type=False)}); "
+                                "too many threads (TasksMax?)") from None
         d = self.cfg.daemon
         wd = self.notifier.watchdog_interval()
         if wd:

@@ -32,7 +32,7 @@ class CameraSource:
         elif spec.kind == "v4l2" and spec.device is not None:
             target = spec.device
             self.name = f"camera:{target}" if isinstance(target, int) else str(target)
-        else:  # auto / picamera2 need the daemon's openers (feredge.edge.sources.reconnect)
+        else:  # auto / picamera2 need the daemon's openers (feredge.edge.daemon.cameras)
             raise EdgeError(f"{spec.display!r} is a `feredge run` source; here use a camera number, /dev/video* "
                             "or a stream URL")
         self._cap = cv2.VideoCapture(target)

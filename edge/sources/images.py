@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -85,20 +86,32 @@ def check_size(path: Path) -> None:
                         "pixels feredge decodes (a decompression bomb, or resize it first)")
 
 
-def read_image(path: Path) -> tuple[np.ndarray | None, list[str]]:
-    """Decode an image file; the warnings say what libjpeg only mutters on stderr.
+def read_image(path: str | os.PathLike[str], *, keep_grey: bool = False,
+               strict: bool = False) -> tuple[np.ndarray | None, list[str]]:
+    """Decode an image file (the one reader: classify, the daemon and export calibration use it);
+    the warnings say what libjpeg only mutters on stderr.
 
     A JPEG cut short (an interrupted copy or upload) still decodes, its missing rows grey, and
     faces in the lost part vanish without a word; its end-of-image marker is gone, which is
     what is checked here (``cv2.imread``: ``imdecode`` refuses such a file outright). Images
     over :data:`MAX_PIXELS` raise :class:`EdgeError` before decoding (OpenCV's own limit,
-    ``OPENCV_IO_MAX_IMAGE_PIXELS``, is set to the same for formats without a header check)."""
-    check_size(Path(path))
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    ``OPENCV_IO_MAX_IMAGE_PIXELS``, is set to the same for formats without a header check).
+    ``keep_grey``: a grey file stays 2-D instead of becoming BGR. ``strict``: anything doubtful
+    (too many pixels, a truncated JPEG) is ``None`` instead of an error or a warning, never an
+    exception, for a calibration set that would rather lose an image than fit ranges to half a
+    grey one. An unreadable file is ``None`` either way."""
+    path = Path(path)
+    try:
+        check_size(path)
+    except EdgeError as e:
+        if strict:
+            return None, [str(e)]
+        raise
+    img = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR if keep_grey else cv2.IMREAD_COLOR)
     warnings = []
-    if img is not None and _truncated_jpeg(Path(path)):
+    if img is not None and _truncated_jpeg(path):
         warnings.append("truncated JPEG (no end-of-image marker): its lower part is missing")
-    return img, warnings
+    return (None if strict and warnings else img), warnings
 
 
 def _truncated_jpeg(path: Path) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from feredge.edge.errors import EdgeError
+from feredge.edge.errors import EdgeError, one_line
 from feredge.edge.sources import Frame
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Picamera2Source:
         try:
             cam = Picamera2(index)
         except (RuntimeError, IndexError) as e:
-            raise EdgeError(f"cannot open Pi camera {index}: {e}") from None
+            raise EdgeError(f"cannot open Pi camera {index}: {one_line(e, with_type=False)}") from None
         try:
             config = cam.create_video_configuration(
                 main={"size": self.main_size, "format": "RGB888"},
@@ -77,7 +77,7 @@ class Picamera2Source:
             cam.start()
         except Exception as e:
             cam.close()
-            raise EdgeError(f"cannot start Pi camera {index}: {e}") from None
+            raise EdgeError(f"cannot start Pi camera {index}: {one_line(e, with_type=False)}") from None
         self._cam = cam
 
     def __iter__(self) -> Iterator[Frame]:

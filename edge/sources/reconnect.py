@@ -1,4 +1,4 @@
-"""Keeping a camera alive: open by spec, reconnect with backoff, mark offline, never crash.
+"""Keeping a camera alive: reconnect with backoff, mark offline, never crash.
 
 A daemon on a shelf meets every failure a camera has: unplugged USB cables, an RTSP camera
 rebooting, a driver that stops delivering frames without an error. :class:`CameraFeed`
@@ -25,17 +25,35 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from feredge.edge.daemon.config import CameraConfig, ConfigError, read_secret
 from feredge.edge.errors import EdgeError, one_line
 from feredge.edge.sources import Frame, FrameSource
-from feredge.edge.sources.spec import SourceSpec, parse_spec, redact_text, with_password
+from feredge.edge.sources.spec import redact_text
 
 log = logging.getLogger(__name__)
 
 Opener = Callable[[], FrameSource]
+
+
+class SourcePlan(NamedTuple):
+    """How to (re)open one camera's source, and how it behaves once open."""
+
+    opener: Opener
+    finite: bool  # the feed ends when the source ends (a video file without ``loop``)
+    live: bool  # drop stale frames: a slow loop sees what is in front of the camera now
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """When a camera counts as offline and how fast it is retried (a camera's ``reconnect_min``,
+    ``reconnect_max`` and ``read_timeout``)."""
+
+    backoff_min: float
+    backoff_max: float
+    read_timeout: float
 
 _END = object()
 
@@ -43,109 +61,6 @@ _END = object()
 class _Failed:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
-
-
-# ---- opening by spec ------------------------------------------------------------------------
-
-def check_source(cfg: CameraConfig) -> SourceSpec:
-    """What can be checked before start-up (``feredge run --check``, and ``run`` itself): the spec
-    parses, a file exists and decodes at least one frame. Errors name the camera, never a secret."""
-    try:
-        spec = parse_spec(cfg.source)
-    except EdgeError as e:
-        raise ConfigError(f"camera {cfg.name}: {e}") from None
-    if spec.kind == "path":
-        p = Path(cfg.source)
-        if not p.is_file():
-            raise ConfigError(f"camera {cfg.name}: source {cfg.source!r} is not a file, a device, a URL or 'auto'")
-        if p.stat().st_size == 0:
-            raise ConfigError(f"camera {cfg.name}: source {cfg.source} is an empty file")
-        _first_frame(cfg.name, p)
-    if (cfg.password_env or cfg.password_credential) and spec.kind != "url":
-        raise ConfigError(f"camera {cfg.name}: password_env / password_credential are for stream URLs only")
-    if spec.kind == "url" and camera_password(cfg):
-        try:
-            with_password(spec.raw, "x")
-        except EdgeError as e:
-            raise ConfigError(f"camera {cfg.name}: {e}") from None
-    return spec
-
-
-def _first_frame(name: str, path: Path) -> None:
-    from feredge.edge.sources.video import VideoSource
-
-    try:
-        src = VideoSource(path)
-    except EdgeError as e:
-        raise ConfigError(f"camera {name}: {e}") from None
-    try:
-        if next(iter(src), None) is None:
-            raise ConfigError(f"camera {name}: {path} has no decodable video frames")
-    finally:
-        src.close()
-
-
-def camera_password(cfg: CameraConfig) -> str | None:
-    """A stream URL's password from a systemd credential or the environment (never the file)."""
-    return read_secret(None, cfg.password_env, cfg.password_credential, what=f"camera {cfg.name} password")
-
-
-def make_opener(cfg: CameraConfig) -> tuple[Opener, bool, bool]:
-    """``(opener, finite, live)`` for a camera config, from :data:`OPENERS` by the spec's kind.
-    ``finite``: the feed ends when the source ends (a video file without ``loop``); ``live``:
-    drop stale frames."""
-    spec = check_source(cfg)
-    open_fn, live = OPENERS[spec.kind]
-    finite = spec.kind == "path" and not cfg.loop
-    return (lambda: open_fn(cfg, spec)), finite, live
-
-
-def _open_picamera2(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
-    from feredge.edge.sources.picamera2 import Picamera2Source
-
-    index = int(spec.device or 0)
-    return Picamera2Source(index, width=cfg.width, height=cfg.height, fps=cfg.fps, timeout=cfg.read_timeout)
-
-
-def _open_v4l2(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
-    from feredge.edge.sources.v4l2 import V4l2Source
-
-    device = 0 if spec.device is None else spec.device
-    return V4l2Source(device, width=cfg.width, height=cfg.height, fps=cfg.fps)
-
-
-def _open_url(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
-    from feredge.edge.sources.camera import CameraSource
-
-    return CameraSource(spec, password=camera_password(cfg))
-
-
-def _open_file(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
-    return VideoFileSource(Path(cfg.source), pace=cfg.pace, loop=cfg.loop)
-
-
-def _open_auto(cfg: CameraConfig, spec: SourceSpec) -> FrameSource:
-    """A Pi camera when libcamera sees one, else the first V4L2 device."""
-    from feredge.edge.sources.picamera2 import camera_present
-    from feredge.edge.sources.v4l2 import list_devices
-
-    if camera_present():
-        return _open_picamera2(cfg, parse_spec("picamera2:0"))
-    devices = list_devices()
-    if not devices:
-        raise EdgeError("no camera found (no Pi camera via picamera2, no /dev/video*)")
-    return _open_v4l2(cfg, parse_spec(devices[0]))
-
-
-# The daemon's source plug-ins by spec kind (feredge.edge.sources.spec): (open, live). Each plug-in
-# module is imported only when its kind is opened.
-OPENERS: dict[str, tuple[Callable[[CameraConfig, SourceSpec], FrameSource], bool]] = {
-    "auto": (_open_auto, True),
-    "picamera2": (_open_picamera2, True),
-    "v4l2": (_open_v4l2, True),
-    "url": (_open_url, True),
-    "path": (_open_file, False),
-}
 
 
 class VideoFileSource:
@@ -202,16 +117,13 @@ class VideoFileSource:
 class CameraFeed:
     """Frames from one camera for as long as the daemon runs; see the module docstring."""
 
-    def __init__(self, name: str, opener: Opener, *, stop: threading.Event, backoff_min: float = 0.5,
-                 backoff_max: float = 30.0, read_timeout: float = 5.0, live: bool = True, finite: bool = False,
+    def __init__(self, name: str, source: SourcePlan, *, stop: threading.Event, policy: ReconnectPolicy,
                  on_state: Callable[[bool, str], None] | None = None,
                  on_reconnect: Callable[[], None] | None = None) -> None:
         self.name = name
-        self.opener = opener
+        self.opener, self.finite, self.live = source
         self.stop = stop
-        self.backoff_min, self.backoff_max = backoff_min, backoff_max
-        self.read_timeout = read_timeout
-        self.live, self.finite = live, finite
+        self.policy = policy
         self.on_state = on_state
         self.on_reconnect = on_reconnect
         self.online = False
@@ -293,7 +205,7 @@ class CameraFeed:
                 log.debug("camera %s: close failed: %s", self.name, e)
 
     def frames(self) -> Iterator[Frame]:
-        delay = self.backoff_min
+        delay = self.policy.backoff_min
         attempt = 0
         while not self.stop.is_set():
             if attempt:
@@ -311,7 +223,7 @@ class CameraFeed:
                 self.opens += 1
                 finished, reason, got = yield from self._read_all(src)
                 if got:
-                    delay = self.backoff_min  # it worked: the next failure starts the backoff afresh
+                    delay = self.policy.backoff_min  # it worked: the next failure starts the backoff afresh
                 if self.stop.is_set():
                     return
                 if finished and self.finite:
@@ -320,7 +232,7 @@ class CameraFeed:
                     return
             self._set_offline(reason)
             self._sleep(delay)
-            delay = min(delay * 2, self.backoff_max)
+            delay = min(delay * 2, self.policy.backoff_max)
 
     def _read_all(self, src: FrameSource) -> Generator[Frame, None, tuple[bool, str, int]]:
         """Frames of one opened source, read on a thread of its own; returns ``(finished, reason
@@ -343,8 +255,8 @@ class CameraFeed:
                     item = q.get(timeout=0.25)
                 except queue.Empty:
                     self.heartbeat = now = time.monotonic()
-                    if now - last > self.read_timeout:
-                        reason = f"no frame for {self.read_timeout:g} s"
+                    if now - last > self.policy.read_timeout:
+                        reason = f"no frame for {self.policy.read_timeout:g} s"
                         break
                     continue
                 if item is _END:

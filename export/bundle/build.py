@@ -19,13 +19,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
 
 import feredge
 from feredge import __version__
-from feredge.edge.fsutil import sha256_file
+from feredge.edge.errors import EdgeError, FeredgeError, one_line
+from feredge.edge.fsutil import publish, sha256_file, staging_dir
 from feredge.export.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -102,13 +104,12 @@ def get_target(name: str) -> Target:
 
 
 def default_model_dir() -> Path:
-    from feredge.edge.errors import EdgeError
     from feredge.edge.model import default_model_path
 
     try:
         return default_model_path()
     except EdgeError as e:
-        raise ExportError(str(e)) from None
+        raise ExportError(one_line(e)) from None
 
 
 def model_files(model: str | os.PathLike[str] | None) -> tuple[list[Path], str]:
@@ -118,7 +119,6 @@ def model_files(model: str | os.PathLike[str] | None) -> tuple[list[Path], str]:
     model fails now and not on first boot.
     """
     from feredge.edge.contract import resolve
-    from feredge.edge.errors import FeredgeError
 
     src = Path(model) if model is not None else default_model_dir()
     if not src.exists():
@@ -126,7 +126,7 @@ def model_files(model: str | os.PathLike[str] | None) -> tuple[list[Path], str]:
     try:
         artifact, contract = resolve(src)
     except FeredgeError as e:
-        raise ExportError(f"model {src}: {e}") from None
+        raise ExportError(f"model {src}: {one_line(e)}") from None
     files = [artifact]
     stem = artifact.name.removesuffix(".tflite").removesuffix(".int8")
     sidecar = artifact.with_name(stem + ".json")
@@ -143,7 +143,6 @@ def bundled_config(config: str | os.PathLike[str] | None) -> str:
     the service on first boot.
     """
     from feredge.edge.daemon.config import load
-    from feredge.edge.errors import FeredgeError
 
     if config is not None:
         p = Path(config)
@@ -168,7 +167,7 @@ def bundled_config(config: str | os.PathLike[str] | None) -> str:
         try:
             load(probe)
         except FeredgeError as e:
-            raise ExportError(f"config {config or 'example'}: {e}") from None
+            raise ExportError(f"config {config or 'example'}: {one_line(e)}") from None
     return text
 
 
@@ -329,23 +328,16 @@ def write_checksums(stage: Path) -> None:
 
 
 @contextlib.contextmanager
-def _staged_dir(out: Path):
-    """A scratch folder beside ``out`` that replaces it only when everything was written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _staged_bundle(out: Path) -> Iterator[Path]:
+    """A folder to build the bundle in, which replaces ``out`` only when everything was written
+    (fsutil's staging folder and publish, as every other output)."""
     if out.exists() and not (out / "bundle.json").is_file() and not (out.is_dir() and not any(out.iterdir())):
         raise ExportError(f"{out} exists and is not a feredge bundle; choose another --out")
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
+    with staging_dir(out.parent) as scratch:
+        stage = scratch / out.name
+        stage.mkdir()
         yield stage
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(stage, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        publish(scratch, out.parent)
 
 
 @dataclass
@@ -378,7 +370,7 @@ def build_bundle(target: str | Target, out_dir: str | os.PathLike[str], *, model
     for src, _, _ in SERVICE_FILES:
         if not template(src).is_file():
             raise ExportError(f"missing template {template(src)}")
-    with _staged_dir(out) as stage:
+    with _staged_bundle(out) as stage:
         wheelhouse = stage / "wheelhouse"
         wheelhouse.mkdir()
         fwheel = build_feredge_wheel(wheelhouse)

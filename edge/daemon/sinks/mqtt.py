@@ -51,6 +51,7 @@ from feredge.edge.daemon.config import MqttConfig
 from feredge.edge.daemon.identity import node_id
 from feredge.edge.daemon.metrics import DaemonMetrics
 from feredge.edge.daemon.sinks import Sink
+from feredge.edge.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def connect_error(e: BaseException, host: str, port: int, tls: bool = False) -> 
         return f"TLS handshake with {host}:{port} failed ({why}; is the port a TLS port?)"
     if isinstance(e, TimeoutError):
         return f"no answer from {host}:{port} (timed out)"
-    return f"{type(e).__name__}: {e}"
+    return one_line(e)
 
 
 def _client_class() -> type:
