@@ -67,6 +67,19 @@ def test_edge_sources_never_import_tensorflow():
         assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
 
 
+def test_edge_never_imports_export_and_nothing_imports_the_old_top_level_names():
+    """export builds on edge, never the reverse (the CLI names workstation commands by string and
+    imports them only when one runs); and every import goes through the one root, ``feredge``: a
+    stray ``import edge`` would load a second copy of a module under another name."""
+    for f in (ROOT / "edge").rglob("*.py"):
+        bad = [n for n in _imports(f) if n.startswith("feredge.export")]
+        assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
+    for folder in ("edge", "export", "feredge", "tests", "bench", "scripts"):
+        for f in (ROOT / folder).rglob("*.py"):
+            bad = [n for n in _imports(f) if n.split(".")[0] in ("edge", "export")]
+            assert not bad, f"{f.relative_to(ROOT)} imports {bad} (use feredge.edge / feredge.export)"
+
+
 def test_runtime_core_never_imports_the_daemon_or_the_cli():
     """The core (edge/ outside edge/daemon and edge/cli) is what both phases build on; an import
     the other way would make the core carry the daemon's config and sinks wherever it goes."""
