@@ -17,14 +17,11 @@ everything at once from a staging folder (a failure leaves nothing behind).
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
-import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +45,7 @@ from feredge.export import isolate
 from feredge.export.errors import ExportError
 from feredge.export.evaluate import report as rep
 from feredge.export.load import steps as model_steps
+from feredge.export.native import import_tf, quiet_native_logs
 from feredge.export.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -85,66 +83,6 @@ class ExportResult:
             lines.append(f"  warning: {w}")
         lines.append(f"  total {r['timings'].get('total', 0):.1f} s")
         return "\n".join(lines)
-
-
-# ---- quiet TensorFlow -----------------------------------------------------------------------
-
-@contextlib.contextmanager
-def quiet_native_logs(enabled: bool = True) -> Iterator[None]:
-    """Send C++ log spam (TensorFlow, MLIR, oneDNN: written straight to fd 2, deaf to
-    TF_CPP_MIN_LOG_LEVEL before absl initialises) to a scratch file, while Python's own stderr
-    (progress bars, log records, the CLI's error line) still reaches the terminal.
-    ``FEREDGE_TF_LOGS=1`` or ``-v`` shows everything."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if not enabled or os.environ.get("FEREDGE_TF_LOGS") or log.isEnabledFor(logging.DEBUG):
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded interpreters)
-        yield
-        return
-    scratch = tempfile.TemporaryFile()
-    term = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), write_through=True,
-                            encoding=getattr(sys.stderr, "encoding", None) or "utf-8", errors="replace")
-    old_stderr = sys.stderr
-    moved = []
-    for h in logging.getLogger().handlers:
-        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is old_stderr:
-            moved.append(h)
-            h.setStream(term)
-    os.dup2(scratch.fileno(), 2)
-    sys.stderr = term
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            term.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        sys.stderr = old_stderr
-        for h in moved:
-            h.setStream(old_stderr)
-        with contextlib.suppress(Exception):
-            term.close()
-        scratch.seek(0)
-        tail = scratch.read()[-4000:].decode("utf-8", "replace")
-        scratch.close()
-        if tail.strip():
-            log.debug("native log output (tail):\n%s", tail)
-
-
-def _import_tf() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
-    with contextlib.suppress(Exception):
-        import absl.logging
-
-        absl.logging.set_verbosity(absl.logging.ERROR)
-    tf.get_logger().setLevel(logging.ERROR)
-    return tf
 
 
 # ---- model loading --------------------------------------------------------------------------
@@ -380,7 +318,7 @@ def _export(run: _Run, model: Any, source: cal.ImageSet, out: Path) -> ExportRes
 def _load_phase(run: _Run, model: Any) -> _Loaded:
     o = run.opts
     run.ph.start("importing TensorFlow")
-    _import_tf()
+    import_tf()
     run.ph.done("import_tf")
     run.ph.start("loading the model", "load_model", Path(str(model)).name)
     lm, input_geometry, output_kind = _load(model, architecture=o.architecture, keras1_theano=o.keras1_theano,
