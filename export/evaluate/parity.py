@@ -27,7 +27,7 @@ import numpy as np
 
 from feredge.edge.contract import Contract, InputSpec, resolve
 from feredge.edge.errors import FeredgeError
-from feredge.edge.preprocess import prepare, probabilities
+from feredge.edge.preprocess import prepare_batch, probabilities
 from feredge.export import isolate
 from feredge.export.errors import ExportError, NoTestPart
 from feredge.export.evaluate import scoring as M
@@ -323,7 +323,8 @@ class _Tensors:
         key = _spec_key(spec)
         if key not in self.prepared:
             t = time.perf_counter()
-            self.prepared[key] = _prepare_all(self.inp.images.images, spec, self.cfg.progress)
+            faces = progress_bar(self.inp.images.images, desc="prepare", unit="face", enabled=self.cfg.progress)
+            self.prepared[key] = prepare_batch(faces, spec)
             self._time("prepare", t)
         return self.prepared[key]
 
@@ -438,13 +439,6 @@ def _contract_notes(ref: Contract | None, c: Candidate) -> list[str]:
         notes.append(f"contract output activation {c.contract.output.activation} but the reference's says "
                      f"{ref.output.activation}")
     return notes
-
-
-def _prepare_all(images, spec: InputSpec, progress: bool) -> np.ndarray:
-    out = np.empty((len(images), spec.height, spec.width, spec.channels), np.float32)
-    for i, img in enumerate(progress_bar(images, desc="prepare", unit="face", enabled=progress)):
-        out[i] = prepare(img, spec)
-    return out
 
 
 def _per_class(p: np.ndarray, y: np.ndarray | None, labels: list[str]) -> np.ndarray | None:
@@ -566,8 +560,7 @@ def _footage_sections(cfg: ParityConfig, model, ref_contract: Contract | None, c
         ref_crops = [np.ascontiguousarray(crop_face(fr, b, src.input.face_margin))
                      for fr, bs in zip(frames, boxes, strict=True) for b in bs]
         info: dict[str, Any] = {"sources": [str(f) for f in cfg.footage], "frames": len(frames), "faces": n_boxes}
-        x = np.stack([prepare(im, c.contract.input) for im in crops])
-        x_ref = np.stack([prepare(im, src.input.desktop()) for im in ref_crops])
+        x, x_ref = prepare_batch(crops, c.contract.input), prepare_batch(ref_crops, src.input.desktop())
         p = candidate_probs(c, x, cfg.batch_size, False)
         p_ref = probabilities(run_reference(model, x_ref, cfg.batch_size), src.output.activation,
                               src.output.temperature)
