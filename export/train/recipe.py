@@ -140,8 +140,16 @@ def count_macs(model) -> int:
 
 
 def load_fer_arrays(data_dir: Path, part: str, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """All faces of one part as uint8 (N,48,48) with labels in FER2013 CSV order (by folder name)."""
+    """All faces of one part as uint8 (N,48,48) with labels in FER2013 CSV order (by folder name).
+
+    Read by the exporter's reader (:func:`feredge.export.calibration.read_source`), in the order
+    runs have always used (class by class in FER2013 order, files sorted): a run's saved split
+    indexes into it, so a resumed run must see the faces in the same order.
+    """
     import cv2
+
+    from feredge.edge.preprocess import to_color
+    from feredge.export.calibration import read_source
 
     root = data_dir / part
     if not root.is_dir():
@@ -149,20 +157,17 @@ def load_fer_arrays(data_dir: Path, part: str, cache: Path | None = None) -> tup
     if cache is not None and cache.is_file():
         z = np.load(cache)
         return z["x"], z["y"]
-    xs, ys = [], []
+    faces = read_source(data_dir, part).load(progress=False)
+    y_all = faces.labels_for(FER2013_LABELS)
     for idx, name in enumerate(FER2013_LABELS):
-        files = sorted((root / name).glob("*"))
-        if not files:
+        if y_all is None or not np.any(y_all == idx):
             raise ExportError(f"no images for class {name!r} in {root}")
-        for f in files:
-            img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
-            if img is None:
-                continue
-            if img.shape != (48, 48):
-                img = cv2.resize(img, (48, 48), interpolation=cv2.INTER_AREA)
-            xs.append(img)
-            ys.append(idx)
-    x, y = np.stack(xs), np.array(ys, np.int64)
+    order = sorted(np.flatnonzero(y_all >= 0), key=lambda i: y_all[i])  # stable: files stay sorted
+    xs = []
+    for i in order:
+        img = to_color(faces.images[i], "gray")
+        xs.append(img if img.shape == (48, 48) else cv2.resize(img, (48, 48), interpolation=cv2.INTER_AREA))
+    x, y = np.stack(xs), y_all[order].astype(np.int64)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, x=x, y=y)
