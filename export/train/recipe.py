@@ -368,12 +368,24 @@ def _split(out: Path, y: np.ndarray, cfg: TrainConfig, resume: bool) -> tuple[np
     return tr, va
 
 
-def _fit(model, cfg: TrainConfig, out: Path, data: tuple[np.ndarray, np.ndarray], split, initial_epoch: int,
-         resume: bool, progress: bool) -> None:
+@dataclass
+class _Session:
+    """This invocation of a run (a run may take several): where it writes, the epoch it starts
+    at, whether it continues a saved run, whether Keras shows a progress bar."""
+
+    out: Path
+    initial_epoch: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+def _fit(model, cfg: TrainConfig, session: _Session, data: tuple[np.ndarray, np.ndarray],
+         split: tuple[np.ndarray, np.ndarray]) -> None:
     import tensorflow as tf
 
     xf, y1h = data
     tr, va = split
+    out, initial_epoch, resume = session.out, session.initial_epoch, session.resume
     # a different shuffle/augmentation stream per resumption, still a function of (seed, epoch)
     stream = cfg.seed * 1000 + initial_epoch
     train_ds = (
@@ -389,7 +401,7 @@ def _fit(model, cfg: TrainConfig, out: Path, data: tuple[np.ndarray, np.ndarray]
     bn_idx = np.random.default_rng(cfg.seed).choice(tr, size=min(len(tr), 2048), replace=False)
     callbacks = _callbacks(cfg, out, time.monotonic(), resume, xf[np.sort(bn_idx)])
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-              callbacks=callbacks, verbose=1 if progress else 2)
+              callbacks=callbacks, verbose=1 if session.progress else 2)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path | None:
@@ -419,7 +431,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     else:
         model = _compile_new(cfg, math.ceil(len(tr) / cfg.batch_size), n_cls)
     if initial_epoch < cfg.epochs:
-        _fit(model, cfg, out, (xf, np.eye(n_cls, dtype=np.float32)[y]), (tr, va), initial_epoch, resume, progress)
+        _fit(model, cfg, _Session(out, initial_epoch, resume, progress), (xf, np.eye(n_cls, dtype=np.float32)[y]),
+             (tr, va))
         if json.loads(state_path.read_text())["epoch"] < cfg.epochs:
             return None
     return finish(cfg, out, xf[va], y[va], train_size=len(tr))
