@@ -411,19 +411,19 @@ def _sets_phase(run: _Run, source: cal.ImageSet, contract: Contract) -> _Sets:
     if calib.skipped or source.skipped:
         run.warn(f"{calib.skipped + source.skipped} unreadable calibration image(s) skipped")
     if o.selection_samples:
-        _selection_faces(run, source, sets, contract)
+        _selection_faces(run, sets, contract)
     return sets
 
 
 MIN_SELECTION = 50
 
 
-def _selection_faces(run: _Run, source: cal.ImageSet, sets: _Sets, contract: Contract) -> None:
+def _selection_faces(run: _Run, sets: _Sets, contract: Contract) -> None:
     """Faces from the calibration source that neither calibrate nor measure the export."""
     o = run.opts
     used = sorted(set(sets.calib.ids) | set(sets.calib.skipped_ids) | set(sets.held.ids))
     try:
-        sel = source.sample(o.selection_samples, o.seed + 1, exclude=used, progress=o.progress)
+        sel = sets.source.sample(o.selection_samples, o.seed + 1, exclude=used, progress=o.progress)
     except ExportError:
         sel = None
     if sel is None or len(sel) < MIN_SELECTION:
