@@ -17,14 +17,10 @@ everything at once from a staging folder (a failure leaves nothing behind).
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
-import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,19 +32,18 @@ from feredge.edge.contract import (
     InputSpec,
     Normalize,
     OutputSpec,
-    QuantParams,
-    embed,
     parse_normalize,
 )
-from feredge.edge.errors import FeredgeError, one_line
+from feredge.edge.errors import FeredgeError
 from feredge.edge.fsutil import current_umask, publish, staging_dir
 from feredge.edge.preprocess import prepare_batch
 from feredge.export import calibration as cal
 from feredge.export import isolate
+from feredge.export.convert.formats import Converted
 from feredge.export.errors import ExportError
 from feredge.export.evaluate import report as rep
 from feredge.export.load import steps as model_steps
-from feredge.export.progress import progress_bar
+from feredge.export.native import import_tf, quiet_native_logs
 
 log = logging.getLogger(__name__)
 
@@ -85,66 +80,6 @@ class ExportResult:
             lines.append(f"  warning: {w}")
         lines.append(f"  total {r['timings'].get('total', 0):.1f} s")
         return "\n".join(lines)
-
-
-# ---- quiet TensorFlow -----------------------------------------------------------------------
-
-@contextlib.contextmanager
-def quiet_native_logs(enabled: bool = True) -> Iterator[None]:
-    """Send C++ log spam (TensorFlow, MLIR, oneDNN: written straight to fd 2, deaf to
-    TF_CPP_MIN_LOG_LEVEL before absl initialises) to a scratch file, while Python's own stderr
-    (progress bars, log records, the CLI's error line) still reaches the terminal.
-    ``FEREDGE_TF_LOGS=1`` or ``-v`` shows everything."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if not enabled or os.environ.get("FEREDGE_TF_LOGS") or log.isEnabledFor(logging.DEBUG):
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded interpreters)
-        yield
-        return
-    scratch = tempfile.TemporaryFile()
-    term = io.TextIOWrapper(os.fdopen(os.dup(saved), "wb", buffering=0), write_through=True,
-                            encoding=getattr(sys.stderr, "encoding", None) or "utf-8", errors="replace")
-    old_stderr = sys.stderr
-    moved = []
-    for h in logging.getLogger().handlers:
-        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is old_stderr:
-            moved.append(h)
-            h.setStream(term)
-    os.dup2(scratch.fileno(), 2)
-    sys.stderr = term
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            term.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        sys.stderr = old_stderr
-        for h in moved:
-            h.setStream(old_stderr)
-        with contextlib.suppress(Exception):
-            term.close()
-        scratch.seek(0)
-        tail = scratch.read()[-4000:].decode("utf-8", "replace")
-        scratch.close()
-        if tail.strip():
-            log.debug("native log output (tail):\n%s", tail)
-
-
-def _import_tf() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
-    with contextlib.suppress(Exception):
-        import absl.logging
-
-        absl.logging.set_verbosity(absl.logging.ERROR)
-    tf.get_logger().setLevel(logging.ERROR)
-    return tf
 
 
 # ---- model loading --------------------------------------------------------------------------
@@ -323,6 +258,7 @@ class _Sets:
     """Faces prepared for the device (``x_*``) and for the desktop model (``x_*_ref``: differs
     only when the normalisation is folded into the artifacts)."""
 
+    source: cal.ImageSet  # what calib, held and the selection faces were drawn from
     calib: cal.ImageSet
     x_cal: Any
     held: cal.ImageSet
@@ -366,9 +302,9 @@ def _export(run: _Run, model: Any, source: cal.ImageSet, out: Path) -> ExportRes
     _provenance(run, contract, loaded.lm, sets.calib)
     with staging_dir(out) as stage:
         conv = _convert_phase(run, loaded, contract, sets, stage, out)
-        artifacts = _score_phase(run, loaded.view, contract, conv, sets)
-        report = _report_phase(run, loaded, contract, conv, artifacts, source, sets, stage)
-        files = {f: out / f for f in conv["kinds"] if (stage / f).exists()}
+        scores = _score_phase(run, loaded.view, contract, conv, sets)
+        report = _report_phase(run, loaded, contract, sets, conv, scores)
+        files = {a.name: out / a.name for a in conv.artifacts if a.path.exists()}
         files.update({f"{contract.name}.json": out / f"{contract.name}.json", rep.JSON_NAME: out / rep.JSON_NAME,
                       rep.MD_NAME: out / rep.MD_NAME})
         _readable(stage)
@@ -380,7 +316,7 @@ def _export(run: _Run, model: Any, source: cal.ImageSet, out: Path) -> ExportRes
 def _load_phase(run: _Run, model: Any) -> _Loaded:
     o = run.opts
     run.ph.start("importing TensorFlow")
-    _import_tf()
+    import_tf()
     run.ph.done("import_tf")
     run.ph.start("loading the model", "load_model", Path(str(model)).name)
     lm, input_geometry, output_kind = _load(model, architecture=o.architecture, keras1_theano=o.keras1_theano,
@@ -467,7 +403,7 @@ def _sets_phase(run: _Run, source: cal.ImageSet, contract: Contract) -> _Sets:
     if held is calib:
         run.warn("no held-out images: agreement is measured on the calibration sample")
     x_held = prepare_batch(held.images, dev)
-    sets = _Sets(calib, x_cal, held, x_held, prepare_batch(held.images, desk) if dev.folded else x_held,
+    sets = _Sets(source, calib, x_cal, held, x_held, prepare_batch(held.images, desk) if dev.folded else x_held,
                  held.labels_for(contract.labels))
     ph.done("heldout_data")
     if len(calib) < o.samples:
@@ -475,19 +411,19 @@ def _sets_phase(run: _Run, source: cal.ImageSet, contract: Contract) -> _Sets:
     if calib.skipped or source.skipped:
         run.warn(f"{calib.skipped + source.skipped} unreadable calibration image(s) skipped")
     if o.selection_samples:
-        _selection_faces(run, source, sets, contract)
+        _selection_faces(run, sets, contract)
     return sets
 
 
 MIN_SELECTION = 50
 
 
-def _selection_faces(run: _Run, source: cal.ImageSet, sets: _Sets, contract: Contract) -> None:
+def _selection_faces(run: _Run, sets: _Sets, contract: Contract) -> None:
     """Faces from the calibration source that neither calibrate nor measure the export."""
     o = run.opts
     used = sorted(set(sets.calib.ids) | set(sets.calib.skipped_ids) | set(sets.held.ids))
     try:
-        sel = source.sample(o.selection_samples, o.seed + 1, exclude=used, progress=o.progress)
+        sel = sets.source.sample(o.selection_samples, o.seed + 1, exclude=used, progress=o.progress)
     except ExportError:
         sel = None
     if sel is None or len(sel) < MIN_SELECTION:
@@ -541,138 +477,39 @@ def _selection(run: _Run, loaded: _Loaded, contract: Contract, sets: _Sets) -> A
     return tflite.Selection(sets.x_sel, p_ref, contract.output.activation)
 
 
-def _convert_phase(run: _Run, loaded: _Loaded, contract: Contract, sets: _Sets, stage: Path,
-                   out: Path) -> dict[str, Any]:
-    """Every target format into ``stage`` (one module each), the contract embedded in each."""
-    from feredge.export.convert import tflite
+def _convert_phase(run: _Run, loaded: _Loaded, contract: Contract, sets: _Sets, stage: Path, out: Path) -> Converted:
+    """Every target format into ``stage`` (:data:`feredge.export.convert.formats.FORMATS`, in
+    order), the contract embedded in each; the Edge TPU on request."""
+    from feredge.export.convert import formats
 
-    ph, name, o = run.ph, contract.name, run.opts
-    device_view = _device_view(loaded.view, contract.input)
-    selection = _selection(run, loaded, contract, sets)
-    f_tfl = stage / f"{name}.int8.tflite"
-    ph.start("converting to int8 TFLite", "tflite_int8", f_tfl.name)
-    steps = len(sets.x_cal) + (tflite.SELECTION_STEPS if selection is not None else 0)
-    with progress_bar(total=steps, desc="int8 TFLite calibration and range selection", enabled=o.progress) as bar:
-        data, fb, choice = tflite.convert_int8(device_view, sets.x_cal, selection=selection,
-                                               pixel_input=contract.input.normalize.scale == 1.0
-                                               and contract.input.normalize.offset == 0.0,
-                                               progress_cb=bar.update)
-    f_tfl.write_bytes(data)
-    contract.quantization[f_tfl.name] = {"input": fb.quant(fb.inputs[0]), "output": fb.quant(fb.outputs[0])}
-    ph.done("tflite_int8")
-    if choice.final is not None and choice.final["agreement"] < DIAGNOSE_BELOW:
-        _diagnose(run, device_view, sets, selection, choice)
-    f_onnx, f_qonnx, onnx_info = _onnx_step(run, device_view, loaded.hwc, contract, sets, selection, stage)
-    f_keras = _save_desktop(run, loaded, stage, name)
-    for f in (f_tfl, f_onnx, f_qonnx):
-        embed(f, contract)
-    kinds = {f_tfl.name: "tflite-int8", f_onnx.name: "onnx-fp32", f_qonnx.name: "onnx-int8-qdq",
-             f_keras.name: "keras"}
-    etpu_res = _edgetpu_phase(run, fb, f_tfl, stage, out, contract) if o.edgetpu else None
-    if etpu_res is not None and etpu_res.compiled:
-        kinds[etpu_res.compiled] = "tflite-edgetpu"
-    return {"scored": [f_tfl, f_onnx, f_qonnx], "kinds": kinds, "edgetpu": etpu_res,
-            "int8": {f_tfl.name: choice.to_dict(), f_qonnx.name: onnx_info["choice"]},
-            "ops": {f_tfl.name: fb.op_summary(), f_onnx.name: onnx_info["fp32_ops"],
-                    f_qonnx.name: onnx_info["int8_ops"]}}
+    job = formats.ConvertJob(run=run, model=_device_view(loaded.view, contract.input), desktop=loaded.lm,
+                             contract=contract, x_cal=sets.x_cal, selection=_selection(run, loaded, contract, sets),
+                             out=out, built=formats.Converted(stage))
+    return formats.convert_all(job, derived=("tflite-edgetpu",) if run.opts.edgetpu else ())
 
 
-DIAGNOSE_BELOW = 0.99
+@dataclass
+class _Score:
+    """One artifact against the desktop model on the held-out faces."""
+
+    metrics: dict[str, Any]  # feredge.export.evaluate.scoring.compare
+    accuracy: float | None  # None: unlabelled held-out faces
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "accuracy": self.accuracy}
 
 
-def _diagnose(run: _Run, device_view: Any, sets: _Sets, selection: Any, choice: Any) -> None:
-    """Name why the int8 TFLite falls short of 99 % on the selection faces (feredge.export.evaluate.int8diag)."""
-    from feredge.export.evaluate import int8diag
+@dataclass
+class _Scores:
+    desktop_accuracy: float | None
+    artifacts: dict[str, _Score] = field(default_factory=dict)  # by file name
 
-    run.ph.start("diagnosing the int8 TFLite's disagreement", "tflite_diagnosis", "int8 TFLite")
-    with progress_bar(total=int8diag.steps(choice.calibrated), desc="int8 diagnosis (one op in float at a time)",
-                      enabled=run.opts.progress) as bar:
-        choice.diagnosis = int8diag.diagnose(device_view, choice.calibrated, sets.x_cal, selection,
-                                             progress_cb=bar.update)
-    run.warn(f"int8 TFLite agrees with the desktop model on {100 * choice.final['agreement']:.1f} % of the "
-             "selection faces (< 99 %): " + "; ".join(choice.diagnosis["findings"]))
-    run.ph.done("tflite_diagnosis")
+    def to_dict(self) -> dict[str, Any]:
+        return {"desktop_accuracy": self.desktop_accuracy,
+                "artifacts": {k: v.to_dict() for k, v in self.artifacts.items()}}
 
 
-def _onnx_step(run: _Run, device_view: Any, hwc: tuple[int, int, int], contract: Contract, sets: _Sets,
-               selection: Any, stage: Path) -> tuple[Path, Path, dict[str, Any]]:
-    """fp32 ONNX (normalisation folded into the first Conv where exact) and its int8 QDQ twin,
-    with the calibration method that agrees best on the selection faces when ``auto``."""
-    from feredge.export.convert import onnx as onnxconv
-    from feredge.export.evaluate import runners
-
-    ph, name, o = run.ph, contract.name, run.opts
-    f_onnx, f_qonnx = stage / f"{name}.onnx", stage / f"{name}.int8.onnx"
-    ph.start("converting to ONNX", "onnx_fp32", f_onnx.name)
-    fp32_ops = onnxconv.convert_fp32(device_view, hwc, f_onnx)
-    folded = contract.input.folded is not None and onnxconv.fold_input_affine(f_onnx)
-    ph.done("onnx_fp32")
-    f32 = QuantParams("float32", 0.0, 0)
-    # QDQ: int8 inside, float I/O; recorded so the runtime does not quantise its input.
-    contract.quantization[f_onnx.name] = {"input": f32, "output": f32}
-    contract.quantization[f_qonnx.name] = {"input": f32, "output": f32}
-    methods = [o.onnx_calibration] if o.onnx_calibration != "auto" else (
-        ["minmax", "percentile"] if selection is not None else ["minmax"])
-    ph.start("quantising the ONNX model to int8", "onnx_int8", f_qonnx.name)
-    choice: dict[str, Any] = {"method": methods[0], "input_folded": folded, "scores": {}}
-    best = None
-    with progress_bar(total=len(sets.x_cal) * len(methods), desc="ONNX int8 calibration", enabled=o.progress) as bar:
-        for method in methods:
-            cand = stage / f".{name}.{method}.int8.onnx"
-            ops = onnxconv.quantize_int8(f_onnx, cand, sets.x_cal, method=method, progress_cb=bar.update)
-            if selection is not None and len(methods) > 1:
-                sc = selection.compare(runners.run_onnx(cand, contract, selection.x))
-                choice["scores"][method] = sc
-                key = (sc["mean_abs_dp"], -sc["agreement"])
-            else:
-                key = (0.0, 0.0)
-            if best is None or key < best[0]:
-                if best is not None:
-                    best[2].unlink()
-                best = (key, method, cand, ops)
-            else:
-                cand.unlink()
-    assert best is not None
-    _, choice["method"], cand, int8_ops = best
-    cand.replace(f_qonnx)
-    ph.done("onnx_int8")
-    return f_onnx, f_qonnx, {"choice": choice, "fp32_ops": fp32_ops, "int8_ops": int8_ops}
-
-
-def _save_desktop(run: _Run, loaded: _Loaded, stage: Path, name: str) -> Path:
-    """The desktop reference. A tf_keras model (Keras 3 cannot build it) is kept as Keras 2's .h5,
-    which feredge parity loads back the same way."""
-    tf_keras_model = model_steps.is_tf_keras(loaded.lm.model)
-    f_keras = stage / f"{name}.h5" if tf_keras_model else stage / f"{name}.keras"
-    try:
-        with warnings.catch_warnings():  # tf_keras calls its own .h5 "legacy": it is what Keras 2 reads
-            warnings.simplefilter("ignore", UserWarning)
-            loaded.lm.model.save(str(f_keras), **({"save_format": "h5"} if tf_keras_model else {}))
-    except Exception as e:  # a wrapped SavedModel may refuse; the export is still useful
-        run.warn(f"could not save the desktop model as {f_keras.name}: {one_line(e, 160)}")
-    run.ph.done("save_keras")
-    return f_keras
-
-
-def _edgetpu_phase(run: _Run, fb: Any, f_tfl: Path, stage: Path, out: Path, contract: Contract) -> Any:
-    from feredge.export.convert import edgetpu as etpu
-    from feredge.export.convert import tflite
-
-    run.ph.start("checking Edge TPU compatibility", "edgetpu", f_tfl.name)
-    res = etpu.compile_model(f_tfl, stage, etpu.check(fb), name=contract.name, final_dir=out)
-    for p in res.problems:
-        run.warn(f"Edge TPU: {p}")
-    if res.compiled:
-        fc = stage / res.compiled
-        comp_fb = tflite.read_flatbuffer(fc.read_bytes())
-        contract.quantization[fc.name] = {"input": comp_fb.quant(comp_fb.inputs[0]),
-                                          "output": comp_fb.quant(comp_fb.outputs[0])}
-        embed(fc, contract)
-    run.ph.done("edgetpu")
-    return res
-
-
-def _score_phase(run: _Run, view: Any, contract: Contract, conv: dict[str, Any], sets: _Sets) -> dict[str, Any]:
+def _score_phase(run: _Run, view: Any, contract: Contract, conv: Converted, sets: _Sets) -> _Scores:
     """Every artifact against the desktop model on the held-out faces (the device's runners)."""
     from feredge.export.evaluate import runners
     from feredge.export.evaluate.scoring import compare
@@ -680,8 +517,9 @@ def _score_phase(run: _Run, view: Any, contract: Contract, conv: dict[str, Any],
     run.ph.start(f"scoring artifacts on {len(sets.x_held)} held-out faces", "evaluate_keras", "desktop model")
     p_ref = runners.probs(runners.run_keras(view, sets.x_held_ref), contract)
     run.ph.done("evaluate_keras")
-    artifacts: dict[str, dict[str, Any]] = {"_reference": {"accuracy": _accuracy(p_ref, sets.y_held)}}
-    for f in conv["scored"]:
+    scores = _Scores(_accuracy(p_ref, sets.y_held))
+    for a in (a for a in conv.artifacts if a.scored):
+        f = a.path
         key = f"evaluate_{f.name.removeprefix(contract.name + '.').replace('.', '_')}"
         run.ph.start(f"scoring {f.name}", key, f.name)
         if f.suffix == ".tflite":
@@ -693,9 +531,9 @@ def _score_phase(run: _Run, view: Any, contract: Contract, conv: dict[str, Any],
         else:
             raw = runners.run_onnx(f, contract, sets.x_held)
         p = runners.probs(raw, contract)
-        artifacts[f.name] = {"metrics": compare(p_ref, p), "accuracy": _accuracy(p, sets.y_held)}
+        scores.artifacts[f.name] = _Score(compare(p_ref, p), _accuracy(p, sets.y_held))
         run.ph.done(key)
-    return artifacts
+    return scores
 
 
 def _accuracy(p: Any, y: Any) -> float | None:
@@ -704,31 +542,30 @@ def _accuracy(p: Any, y: Any) -> float | None:
     return accuracy(p, y) if y is not None else None
 
 
-def _report_phase(run: _Run, loaded: _Loaded, contract: Contract, conv: dict[str, Any], scored: dict[str, Any],
-                  source: cal.ImageSet, sets: _Sets, stage: Path) -> dict[str, Any]:
-    """The sidecar contract (artifact hashes recorded) and the export report, written into ``stage``."""
-    kinds = conv["kinds"]
-    desktop_accuracy = scored.pop("_reference")["accuracy"]
-    artifacts: dict[str, dict[str, Any]] = {}
-    for fname, kind in kinds.items():
-        f = stage / fname
-        if not f.exists():
+def _artifact_entries(contract: Contract, conv: Converted, scores: _Scores) -> dict[str, dict[str, Any]]:
+    """The report's ``artifacts``: each file written, its hash recorded in the contract."""
+    entries: dict[str, dict[str, Any]] = {}
+    for a in conv.artifacts:
+        if not a.path.exists():
             continue
-        contract.record_artifact(f)
-        entry = {**scored.get(fname, {}), "kind": kind, "bytes": f.stat().st_size,
-                 "sha256": contract.artifacts[fname]["sha256"]}
-        if fname in conv["ops"]:
-            entry["ops"] = conv["ops"][fname]
-        if fname in conv["int8"]:
-            entry["int8"] = conv["int8"][fname]
-        if fname in contract.quantization:
-            entry["quantization"] = {k: vars(v) for k, v in contract.quantization[fname].items()}
-        artifacts[fname] = entry
-    contract.save(stage / f"{contract.name}.json")
+        contract.record_artifact(a.path)
+        fields, score = a.to_dict(), scores.artifacts.get(a.name)
+        entry = {**(score.to_dict() if score is not None else {}), "kind": fields.pop("kind"),
+                 "bytes": a.path.stat().st_size, "sha256": contract.artifacts[a.name]["sha256"], **fields}
+        if a.name in contract.quantization:
+            entry["quantization"] = {k: vars(v) for k, v in contract.quantization[a.name].items()}
+        entries[a.name] = entry
+    return entries
+
+
+def _report_phase(run: _Run, loaded: _Loaded, contract: Contract, sets: _Sets, conv: Converted,
+                  scores: _Scores) -> dict[str, Any]:
+    """The sidecar contract (artifact hashes recorded) and the export report, written into the stage."""
+    artifacts = _artifact_entries(contract, conv, scores)
+    contract.save(conv.stage / f"{contract.name}.json")
     run.ph.done("write")
     run.ph.times["total"] = time.perf_counter() - run.ph.t0
-    spec, calib, held, y = contract.input, sets.calib, sets.held, sets.y_held
-    etpu_res = conv["edgetpu"]
+    spec, calib, held, y, source = contract.input, sets.calib, sets.held, sets.y_held, sets.source
     report = {
         "name": contract.name,
         "source": contract.provenance["source"],
@@ -740,15 +577,15 @@ def _report_phase(run: _Run, loaded: _Loaded, contract: Contract, conv: dict[str
                         "skipped": calib.skipped + source.skipped, "skipped_files": calib.skipped_ids[:20]},
         "heldout": {"description": held.description, "n": len(held), "skipped": held.skipped,
                     "skipped_files": held.skipped_ids[:20], "labelled": int((y >= 0).sum()) if y is not None else 0},
-        "desktop_accuracy": desktop_accuracy,
+        "desktop_accuracy": scores.desktop_accuracy,
         "artifacts": artifacts,
-        "edgetpu": etpu_res.to_dict() if etpu_res is not None else None,
+        "edgetpu": conv.edgetpu.to_dict() if conv.edgetpu is not None else None,
         "repairs": list(loaded.lm.repairs),
         "warnings": run.warnings,
         "timings": {k: round(v, 2) for k, v in run.ph.times.items()},
         "tools": contract.provenance["tools"],
     }
-    rep.write(report, stage)
+    rep.write(report, conv.stage)
     return report
 
 

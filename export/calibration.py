@@ -258,11 +258,14 @@ def read_source(path: str | os.PathLike[str], part: str = "train", usage: str | 
     return s
 
 
+HELDOUT_DISJOINT = 1000  # held-out faces drawn beside the calibration sample when there is no test part
+
+
 def read_heldout(path: str | os.PathLike[str], calibration: ImageSet, *, n: int | None = None, seed: int = 0,
-                 usage: str | None = None, source: ImageSet | None = None, disjoint_n: int = 1000,
-                 progress: bool = False) -> ImageSet:
+                 usage: str | None = None, source: ImageSet | None = None, progress: bool = False) -> ImageSet:
     """Held-out data for the export report: the source's test part, else a sample disjoint
-    from the calibration sample (so the report never scores the data the scales were fit on)."""
+    from the calibration sample (so the report never scores the data the scales were fit on);
+    ``n`` caps either (default: the whole test part, or :data:`HELDOUT_DISJOINT` faces)."""
     try:
         test = read_source(path, "test", usage=usage, progress=False)
     except NoTestPart:
@@ -276,7 +279,7 @@ def read_heldout(path: str | os.PathLike[str], calibration: ImageSet, *, n: int 
     remaining = sum(1 for i in base.ids if i not in used)
     if remaining > 0:
         try:
-            s = base.sample(min(n or disjoint_n, remaining), seed + 1, exclude=sorted(used))
+            s = base.sample(min(n or HELDOUT_DISJOINT, remaining), seed + 1, exclude=sorted(used))
         except ExportError:  # what is left is unreadable
             s = None
         if s is not None:

@@ -16,9 +16,13 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from feredge.export.convert.tflite import FlatbufferInfo
+from feredge.export.convert.formats import Artifact
+from feredge.export.convert.tflite import FlatbufferInfo, read_flatbuffer
+
+if TYPE_CHECKING:
+    from feredge.export.convert.formats import ConvertJob
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +135,28 @@ def compile_model(tflite: Path, out_dir: Path, result: EdgeTPUCheck, *, name: st
         extra.unlink()
     result.compiled = final.name
     return result
+
+
+def convert(job: ConvertJob) -> list[Artifact]:
+    """``--edgetpu`` (a :data:`~feredge.export.convert.formats.DERIVED` entry): the int8 TFLite
+    checked op by op, compiled when the compiler is here; the check goes into ``job.built.edgetpu``."""
+    from feredge.edge.contract import embed
+
+    run, contract, stage = job.run, job.contract, job.built.stage
+    src = job.built.get("tflite-int8")
+    assert src is not None, "the Edge TPU compiles the int8 TFLite: convert it first"
+    run.ph.start("checking Edge TPU compatibility", "edgetpu", src.name)
+    res = compile_model(src.path, stage, check(src.flatbuffer), name=contract.name, final_dir=job.out)
+    for p in res.problems:
+        run.warn(f"Edge TPU: {p}")
+    job.built.edgetpu = res
+    made = []
+    if res.compiled:
+        fc = stage / res.compiled
+        comp_fb = read_flatbuffer(fc.read_bytes())
+        contract.quantization[fc.name] = {"input": comp_fb.quant(comp_fb.inputs[0]),
+                                          "output": comp_fb.quant(comp_fb.outputs[0])}
+        embed(fc, contract)
+        made.append(Artifact(fc, "tflite-edgetpu"))
+    run.ph.done("edgetpu")
+    return made

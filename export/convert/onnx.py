@@ -12,11 +12,16 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from feredge.edge.contract import QuantParams
+from feredge.export.convert.formats import Artifact
 from feredge.export.errors import ExportError
+
+if TYPE_CHECKING:
+    from feredge.export.convert.formats import ConvertJob
 
 log = logging.getLogger(__name__)
 
@@ -214,3 +219,56 @@ def quantize_int8(fp32: Path, dest: Path, calib_x: np.ndarray, *, method: str = 
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ExportError(f"ONNX int8 quantisation failed: {msg}") from None
     return op_types(dest)
+
+
+def convert(job: ConvertJob) -> list[Artifact]:
+    """``<name>.onnx`` (normalisation folded into the first Conv where exact) and its int8 QDQ
+    twin ``<name>.int8.onnx`` (a :data:`~feredge.export.convert.formats.FORMATS` entry)."""
+    run, contract = job.run, job.contract
+    spec = contract.input
+    f_onnx, f_qonnx = job.built.stage / f"{contract.name}.onnx", job.built.stage / f"{contract.name}.int8.onnx"
+    run.ph.start("converting to ONNX", "onnx_fp32", f_onnx.name)
+    fp32_ops = convert_fp32(job.model, (spec.height, spec.width, spec.channels), f_onnx)
+    folded = spec.folded is not None and fold_input_affine(f_onnx)
+    run.ph.done("onnx_fp32")
+    f32 = QuantParams("float32", 0.0, 0)
+    # QDQ: int8 inside, float I/O; recorded so the runtime does not quantise its input.
+    contract.quantization[f_onnx.name] = {"input": f32, "output": f32}
+    contract.quantization[f_qonnx.name] = {"input": f32, "output": f32}
+    run.ph.start("quantising the ONNX model to int8", "onnx_int8", f_qonnx.name)
+    choice, int8_ops = _best_int8(job, f_onnx, f_qonnx)
+    choice["input_folded"] = folded
+    run.ph.done("onnx_int8")
+    return [Artifact(f_onnx, "onnx-fp32", ops=fp32_ops, scored=True, embed=True),
+            Artifact(f_qonnx, "onnx-int8-qdq", ops=int8_ops, int8=choice, scored=True, embed=True)]
+
+
+def _best_int8(job: ConvertJob, f_onnx: Path, dest: Path) -> tuple[dict[str, Any], list[str]]:
+    """The int8 QDQ model of the calibration method that agrees best on the selection faces
+    (``--onnx-calibration auto``: minmax or percentile), moved to ``dest``; (choice, op types)."""
+    from feredge.export.evaluate import runners
+    from feredge.export.progress import progress_bar
+
+    o, selection, name = job.run.opts, job.selection, job.contract.name
+    methods = [o.onnx_calibration] if o.onnx_calibration != "auto" else (
+        ["minmax", "percentile"] if selection is not None else ["minmax"])
+    scores: dict[str, Any] = {}
+    best = None
+    with progress_bar(total=len(job.x_cal) * len(methods), desc="ONNX int8 calibration", enabled=o.progress) as bar:
+        for method in methods:
+            cand = job.built.stage / f".{name}.{method}.int8.onnx"
+            ops = quantize_int8(f_onnx, cand, job.x_cal, method=method, progress_cb=bar.update)
+            key = (0.0, 0.0)
+            if selection is not None and len(methods) > 1:
+                scores[method] = sc = selection.compare(runners.run_onnx(cand, job.contract, selection.x))
+                key = (sc["mean_abs_dp"], -sc["agreement"])
+            if best is None or key < best[0]:
+                if best is not None:
+                    best[2].unlink()
+                best = (key, method, cand, ops)
+            else:
+                cand.unlink()
+    assert best is not None
+    _, method, cand, int8_ops = best
+    cand.replace(dest)
+    return {"method": method, "input_folded": False, "scores": scores}, int8_ops

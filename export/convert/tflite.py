@@ -18,14 +18,18 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from feredge.edge.contract import QuantParams
+from feredge.export.convert.formats import Artifact
 from feredge.export.convert.ranges import STRATEGIES
 from feredge.export.errors import ExportError
 from feredge.export.load.steps import is_tf_keras
+
+if TYPE_CHECKING:
+    from feredge.export.convert.formats import ConvertJob
 
 log = logging.getLogger(__name__)
 
@@ -417,3 +421,47 @@ def convert_int8(
 
 # progress steps of a selection: one per strategy, one for the bias correction
 SELECTION_STEPS = len(STRATEGIES) + 1
+
+
+DIAGNOSE_BELOW = 0.99
+
+
+def convert(job: ConvertJob) -> list[Artifact]:
+    """``<name>.int8.tflite`` (a :data:`~feredge.export.convert.formats.FORMATS` entry), its
+    quantisation recorded in the contract; below 99 % agreement, why (:func:`_diagnose`)."""
+    from feredge.export.progress import progress_bar
+
+    run, contract, selection = job.run, job.contract, job.selection
+    f_tfl = job.built.stage / f"{contract.name}.int8.tflite"
+    run.ph.start("converting to int8 TFLite", "tflite_int8", f_tfl.name)
+    steps = len(job.x_cal) + (SELECTION_STEPS if selection is not None else 0)
+    norm = contract.input.normalize
+    with progress_bar(total=steps, desc="int8 TFLite calibration and range selection",
+                      enabled=run.opts.progress) as bar:
+        data, fb, choice = convert_int8(job.model, job.x_cal, selection=selection,
+                                        pixel_input=norm.scale == 1.0 and norm.offset == 0.0,
+                                        progress_cb=bar.update)
+    f_tfl.write_bytes(data)
+    contract.quantization[f_tfl.name] = {"input": fb.quant(fb.inputs[0]), "output": fb.quant(fb.outputs[0])}
+    run.ph.done("tflite_int8")
+    if choice.final is not None and choice.final["agreement"] < DIAGNOSE_BELOW:
+        _diagnose(job, choice)
+    return [Artifact(f_tfl, "tflite-int8", ops=fb.op_summary(), int8=choice.to_dict(), scored=True, embed=True,
+                     flatbuffer=fb)]
+
+
+def _diagnose(job: ConvertJob, choice: Int8Choice) -> None:
+    """Name why the int8 TFLite falls short of 99 % on the selection faces (feredge.export.evaluate.int8diag)."""
+    from feredge.export.evaluate import int8diag
+    from feredge.export.progress import progress_bar
+
+    run = job.run
+    run.ph.start("diagnosing the int8 TFLite's disagreement", "tflite_diagnosis", "int8 TFLite")
+    with progress_bar(total=int8diag.steps(choice.calibrated), desc="int8 diagnosis (one op in float at a time)",
+                      enabled=run.opts.progress) as bar:
+        choice.diagnosis = int8diag.diagnose(job.model, choice.calibrated, job.x_cal, job.selection,
+                                             progress_cb=bar.update)
+    assert choice.final is not None
+    run.warn(f"int8 TFLite agrees with the desktop model on {100 * choice.final['agreement']:.1f} % of the "
+             "selection faces (< 99 %): " + "; ".join(choice.diagnosis["findings"]))
+    run.ph.done("tflite_diagnosis")

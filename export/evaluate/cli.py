@@ -101,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _parity_job(cfg: ParityConfig, verbose: bool) -> tuple[str, list[str], bool]:
     """The parity run, as run in the isolated child (module level: it is pickled by name)."""
-    from feredge.export.api import quiet_native_logs
     from feredge.export.evaluate.parity import run_parity
+    from feredge.export.native import quiet_native_logs
 
     with quiet_native_logs(enabled=not verbose):
         result = run_parity(cfg)

@@ -27,12 +27,19 @@ import numpy as np
 
 from feredge.edge.contract import Contract, InputSpec, resolve
 from feredge.edge.errors import FeredgeError
-from feredge.edge.preprocess import prepare, probabilities
+from feredge.edge.preprocess import prepare_batch, probabilities
 from feredge.export import isolate
 from feredge.export.errors import ExportError, NoTestPart
 from feredge.export.evaluate import scoring as M
 from feredge.export.evaluate.footage import read_footage
-from feredge.export.evaluate.parity_report import check_report_dir, fmt, fmt_pct, fmt_pp, write_report
+from feredge.export.evaluate.parity_report import (
+    Pictured,
+    check_report_dir,
+    fmt,
+    fmt_pct,
+    fmt_pp,
+    write_report,
+)
 from feredge.export.evaluate.runners import run_keras as run_reference
 from feredge.export.evaluate.runners import run_onnx, run_tflite
 from feredge.export.progress import progress_bar
@@ -208,8 +215,10 @@ def _seeded_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
 
 
-def _ts_ece(p: np.ndarray, y: np.ndarray, fit: np.ndarray, held: np.ndarray) -> tuple[float, float]:
+def _ts_ece(p: np.ndarray, truth: _Truth) -> tuple[float, float]:
     """ECE after temperature scaling: T fitted on one seeded half, ECE measured on the other."""
+    y, fit, held = truth.y, truth.fit, truth.held
+    assert y is not None
     z = M.log_probs(p)
     t = M.fit_temperature(z[fit], y[fit])
     return float(M.ece(M.softmax_t(z[held], t), y[held])), float(t)
@@ -304,6 +313,17 @@ def _inputs(cfg: ParityConfig, timings: dict[str, float]) -> _Inputs:
     return _Inputs(cands, images, part, loaded, labels, classes, y)
 
 
+@dataclass
+class _Truth:
+    """What probabilities are scored against: true classes (None: unlabelled faces), the class
+    names, and the seeded halves on which a temperature is fitted and its ECE measured."""
+
+    y: np.ndarray | None
+    classes: list[str]
+    fit: np.ndarray
+    held: np.ndarray
+
+
 class _Tensors:
     """One preparation per distinct input spec and one reference run per spec, shared by every
     model that uses it. The reference's own contract (the export's ``<name>.json`` beside the
@@ -323,7 +343,8 @@ class _Tensors:
         key = _spec_key(spec)
         if key not in self.prepared:
             t = time.perf_counter()
-            self.prepared[key] = _prepare_all(self.inp.images.images, spec, self.cfg.progress)
+            faces = progress_bar(self.inp.images.images, desc="prepare", unit="face", enabled=self.cfg.progress)
+            self.prepared[key] = prepare_batch(faces, spec)
             self._time("prepare", t)
         return self.prepared[key]
 
@@ -352,7 +373,7 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
     n = len(inp.images.images)
     log.info("parity: %d faces from %s, %d candidate(s)", n, cfg.data, len(inp.cands))
     tensors = _Tensors(cfg, inp, timings)
-    fit, held = _seeded_halves(n, cfg.seed)
+    truth = _Truth(inp.y, inp.classes, *_seeded_halves(n, cfg.seed))
     results, cand_probs, ref_keys = [], [], []
     for c in inp.cands:
         ref_key, p_ref = tensors.reference_for(c)
@@ -365,14 +386,14 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
                               f"{p.shape[1:]} vs {p_ref.shape[1:]}")
         timings[c.path.name] = time.perf_counter() - t
         cand_probs.append(p)
-        sec = _candidate_section(cfg, c, p_ref, p, inp.y, inp.classes, inp.images, fit, held)
+        sec = _candidate_section(cfg, c, (p_ref, p), truth, inp.images)
         sec["notes"] = _contract_notes(tensors.ref_contract, c)
         results.append(sec)
     if cfg.footage:
         t = time.perf_counter()
         _footage_sections(cfg, inp.loaded.model, tensors.ref_contract, inp.cands, results)
         timings["footage"] = time.perf_counter() - t
-    ref_section = _reference_section(cfg, inp.loaded, tensors.ref_probs[ref_keys[0]], inp.y, inp.classes, fit, held)
+    ref_section = _reference_section(cfg, inp.loaded, tensors.ref_probs[ref_keys[0]], truth)
     ref_section["contract"] = "own (beside the model)" if tensors.ref_contract is not None else "the candidates'"
     report = _report_doc(cfg, inp, ref_section, results, timings)
     out_dir = None
@@ -381,8 +402,8 @@ def run_parity(cfg: ParityConfig) -> ParityResult:
         report["elapsed_s"] = round(time.perf_counter() - t0, 2)
         report["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
         t = time.perf_counter()
-        write_report(report, out_dir, images=inp.images, ref_probs=[tensors.ref_probs[k] for k in ref_keys],
-                     cands=inp.cands, cand_probs=cand_probs, y=inp.y, labels=inp.classes)
+        write_report(report, out_dir, Pictured(inp.images, inp.cands, cand_probs,
+                                               [tensors.ref_probs[k] for k in ref_keys], inp.y, inp.classes))
         timings["report"] = time.perf_counter() - t
     report["elapsed_s"] = round(time.perf_counter() - t0, 2)
     report["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
@@ -440,20 +461,14 @@ def _contract_notes(ref: Contract | None, c: Candidate) -> list[str]:
     return notes
 
 
-def _prepare_all(images, spec: InputSpec, progress: bool) -> np.ndarray:
-    out = np.empty((len(images), spec.height, spec.width, spec.channels), np.float32)
-    for i, img in enumerate(progress_bar(images, desc="prepare", unit="face", enabled=progress)):
-        out[i] = prepare(img, spec)
-    return out
-
-
 def _per_class(p: np.ndarray, y: np.ndarray | None, labels: list[str]) -> np.ndarray | None:
     if y is None:
         return None
     return M.per_class_recall(p, y, max(len(labels), M.as_probs(p).shape[1]))
 
 
-def _reference_section(cfg, loaded, p_ref, y, labels, fit, held) -> dict[str, Any]:
+def _reference_section(cfg: ParityConfig, loaded: Any, p_ref: np.ndarray, truth: _Truth) -> dict[str, Any]:
+    y, labels = truth.y, truth.classes
     sec: dict[str, Any] = {
         "path": str(cfg.reference),
         "format": getattr(loaded, "source_format", None),
@@ -466,7 +481,7 @@ def _reference_section(cfg, loaded, p_ref, y, labels, fit, held) -> dict[str, An
     }
     if y is not None:
         rec = _per_class(p_ref, y, labels)
-        ece_ts, t = _ts_ece(p_ref, y, fit, held)
+        ece_ts, t = _ts_ece(p_ref, truth)
         sec.update(
             accuracy=_finite(M.accuracy(p_ref, y)),
             ece=_finite(M.ece(p_ref, y)),
@@ -477,7 +492,10 @@ def _reference_section(cfg, loaded, p_ref, y, labels, fit, held) -> dict[str, An
     return sec
 
 
-def _candidate_section(cfg, c: Candidate, p_ref, p, y, labels, images, fit, held) -> dict[str, Any]:
+def _candidate_section(cfg: ParityConfig, c: Candidate, probs: tuple[np.ndarray, np.ndarray], truth: _Truth,
+                       images: Any) -> dict[str, Any]:
+    """``probs``: (reference, candidate) on the same faces."""
+    p_ref, p = probs
     cmp = M.compare(p_ref, p, cfg.margin)
     min_agree = cfg.min_agreement
     if min_agree is None:
@@ -489,21 +507,23 @@ def _candidate_section(cfg, c: Candidate, p_ref, p, y, labels, images, fit, held
                          "reference_ece_ts", "temperature", "reference_temperature", "per_class")),
         "contract_temperature": c.contract.output.temperature,
     }
-    if y is not None:
-        sec.update(_labelled_fields(p_ref, p, y, labels, fit, held))
-    sec["disagreements"] = _disagreements(p_ref, p, y, labels, images, max(cfg.worst, 50))
+    if truth.y is not None:
+        sec.update(_labelled_fields(p_ref, p, truth))
+    sec["disagreements"] = _disagreements(probs, truth, images, max(cfg.worst, 50))
     sec["thresholds"] = {"min_agreement": min_agree, "max_accuracy_drop": cfg.max_accuracy_drop}
     sec["failures"] = _failures(sec, cmp, min_agree, cfg.max_accuracy_drop)
     sec["passed"] = not sec["failures"]
     return sec
 
 
-def _labelled_fields(p_ref, p, y, labels, fit, held) -> dict[str, Any]:
+def _labelled_fields(p_ref: np.ndarray, p: np.ndarray, truth: _Truth) -> dict[str, Any]:
     """Accuracy, calibration and per-class recall of a candidate beside the reference's."""
+    y, labels = truth.y, truth.classes
+    assert y is not None
     acc, ref_acc = M.accuracy(p, y), M.accuracy(p_ref, y)
     rec, ref_rec = _per_class(p, y, labels), _per_class(p_ref, y, labels)
-    ece_ts, t = _ts_ece(p, y, fit, held)
-    ref_ece_ts, ref_t = _ts_ece(p_ref, y, fit, held)
+    ece_ts, t = _ts_ece(p, truth)
+    ref_ece_ts, ref_t = _ts_ece(p_ref, truth)
     return {
         "accuracy": _finite(acc), "reference_accuracy": _finite(ref_acc), "accuracy_delta": _finite(acc - ref_acc),
         "ece": _finite(M.ece(p, y)), "reference_ece": _finite(M.ece(p_ref, y)),
@@ -515,8 +535,9 @@ def _labelled_fields(p_ref, p, y, labels, fit, held) -> dict[str, Any]:
     }
 
 
-def _disagreements(p_ref, p, y, names, images, keep: int) -> dict[str, Any]:
+def _disagreements(probs: tuple[np.ndarray, np.ndarray], truth: _Truth, images: Any, keep: int) -> dict[str, Any]:
     """Faces where the top label differs, most confident reference first: those flips matter."""
+    (p_ref, p), y, names = probs, truth.y, truth.classes
     ref_top, cand_top = M.as_probs(p_ref).argmax(1), M.as_probs(p).argmax(1)
     margin = M.top2_margin(p_ref)
     idx = np.flatnonzero(ref_top != cand_top)
@@ -566,8 +587,7 @@ def _footage_sections(cfg: ParityConfig, model, ref_contract: Contract | None, c
         ref_crops = [np.ascontiguousarray(crop_face(fr, b, src.input.face_margin))
                      for fr, bs in zip(frames, boxes, strict=True) for b in bs]
         info: dict[str, Any] = {"sources": [str(f) for f in cfg.footage], "frames": len(frames), "faces": n_boxes}
-        x = np.stack([prepare(im, c.contract.input) for im in crops])
-        x_ref = np.stack([prepare(im, src.input.desktop()) for im in ref_crops])
+        x, x_ref = prepare_batch(crops, c.contract.input), prepare_batch(ref_crops, src.input.desktop())
         p = candidate_probs(c, x, cfg.batch_size, False)
         p_ref = probabilities(run_reference(model, x_ref, cfg.batch_size), src.output.activation,
                               src.output.temperature)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from feredge.edge.fsutil import publish, staging_dir
 from feredge.export.errors import ExportError
@@ -37,9 +40,25 @@ def check_report_dir(out_dir: Path) -> None:
         raise ExportError(f"cannot write the report to {out_dir}: {parent} is not writable")
 
 
-def write_report(report: dict[str, Any], out_dir: Path, *, images, ref_probs, cands, cand_probs, y, labels) -> None:
+@dataclass
+class Pictured:
+    """What the pictures are drawn from, beside the numbers of ``report.json``: the faces, each
+    candidate with its probabilities and the reference's on the same tensors, the true classes."""
+
+    images: Any  # an ImageSet: .images are the faces the indices of ``disagreements`` point to
+    cands: list[Any]  # feredge.export.evaluate.parity.Candidate
+    cand_probs: list[np.ndarray]
+    ref_probs: list[np.ndarray]  # per candidate (the reference run on that candidate's preparation)
+    y: np.ndarray | None
+    labels: list[str]
+
+
+def write_report(report: dict[str, Any], out_dir: Path, pictured: Pictured) -> None:
     """report.json, report.md and the pictures, all staged and published together."""
     from feredge.export.evaluate import plots
+
+    images, ref_probs, cands, cand_probs, y, labels = (pictured.images, pictured.ref_probs, pictured.cands,
+                                                       pictured.cand_probs, pictured.y, pictured.labels)
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

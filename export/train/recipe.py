@@ -140,8 +140,16 @@ def count_macs(model) -> int:
 
 
 def load_fer_arrays(data_dir: Path, part: str, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """All faces of one part as uint8 (N,48,48) with labels in FER2013 CSV order (by folder name)."""
+    """All faces of one part as uint8 (N,48,48) with labels in FER2013 CSV order (by folder name).
+
+    Read by the exporter's reader (:func:`feredge.export.calibration.read_source`), in the order
+    runs have always used (class by class in FER2013 order, files sorted): a run's saved split
+    indexes into it, so a resumed run must see the faces in the same order.
+    """
     import cv2
+
+    from feredge.edge.preprocess import to_color
+    from feredge.export.calibration import read_source
 
     root = data_dir / part
     if not root.is_dir():
@@ -149,20 +157,17 @@ def load_fer_arrays(data_dir: Path, part: str, cache: Path | None = None) -> tup
     if cache is not None and cache.is_file():
         z = np.load(cache)
         return z["x"], z["y"]
-    xs, ys = [], []
+    faces = read_source(data_dir, part).load(progress=False)
+    y_all = faces.labels_for(FER2013_LABELS)
     for idx, name in enumerate(FER2013_LABELS):
-        files = sorted((root / name).glob("*"))
-        if not files:
+        if y_all is None or not np.any(y_all == idx):
             raise ExportError(f"no images for class {name!r} in {root}")
-        for f in files:
-            img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
-            if img is None:
-                continue
-            if img.shape != (48, 48):
-                img = cv2.resize(img, (48, 48), interpolation=cv2.INTER_AREA)
-            xs.append(img)
-            ys.append(idx)
-    x, y = np.stack(xs), np.array(ys, np.int64)
+    order = sorted(np.flatnonzero(y_all >= 0), key=lambda i: y_all[i])  # stable: files stay sorted
+    xs = []
+    for i in order:
+        img = to_color(faces.images[i], "gray")
+        xs.append(img if img.shape == (48, 48) else cv2.resize(img, (48, 48), interpolation=cv2.INTER_AREA))
+    x, y = np.stack(xs), y_all[order].astype(np.int64)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, x=x, y=y)
@@ -363,12 +368,24 @@ def _split(out: Path, y: np.ndarray, cfg: TrainConfig, resume: bool) -> tuple[np
     return tr, va
 
 
-def _fit(model, cfg: TrainConfig, out: Path, data: tuple[np.ndarray, np.ndarray], split, initial_epoch: int,
-         resume: bool, progress: bool) -> None:
+@dataclass
+class _Session:
+    """This invocation of a run (a run may take several): where it writes, the epoch it starts
+    at, whether it continues a saved run, whether Keras shows a progress bar."""
+
+    out: Path
+    initial_epoch: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+def _fit(model, cfg: TrainConfig, session: _Session, data: tuple[np.ndarray, np.ndarray],
+         split: tuple[np.ndarray, np.ndarray]) -> None:
     import tensorflow as tf
 
     xf, y1h = data
     tr, va = split
+    out, initial_epoch, resume = session.out, session.initial_epoch, session.resume
     # a different shuffle/augmentation stream per resumption, still a function of (seed, epoch)
     stream = cfg.seed * 1000 + initial_epoch
     train_ds = (
@@ -384,7 +401,7 @@ def _fit(model, cfg: TrainConfig, out: Path, data: tuple[np.ndarray, np.ndarray]
     bn_idx = np.random.default_rng(cfg.seed).choice(tr, size=min(len(tr), 2048), replace=False)
     callbacks = _callbacks(cfg, out, time.monotonic(), resume, xf[np.sort(bn_idx)])
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-              callbacks=callbacks, verbose=1 if progress else 2)
+              callbacks=callbacks, verbose=1 if session.progress else 2)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path | None:
@@ -414,7 +431,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     else:
         model = _compile_new(cfg, math.ceil(len(tr) / cfg.batch_size), n_cls)
     if initial_epoch < cfg.epochs:
-        _fit(model, cfg, out, (xf, np.eye(n_cls, dtype=np.float32)[y]), (tr, va), initial_epoch, resume, progress)
+        _fit(model, cfg, _Session(out, initial_epoch, resume, progress), (xf, np.eye(n_cls, dtype=np.float32)[y]),
+             (tr, va))
         if json.loads(state_path.read_text())["epoch"] < cfg.epochs:
             return None
     return finish(cfg, out, xf[va], y[va], train_size=len(tr))
