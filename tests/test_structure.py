@@ -91,16 +91,18 @@ def test_runtime_core_never_imports_the_daemon_or_the_cli():
 
 
 MAX_PARAMS = 6  # positional + keyword-only, not self/cls/*args/**kwargs; more: group them in a dataclass
+# Public functions users call by keyword, documented in their docstrings, may take a little more.
+PUBLIC_API = {"read_heldout": 7}
 
 
-def test_no_long_parameter_lists_on_the_device_side():
+def test_no_long_parameter_lists():
     long_lists = []
-    for folder in (ROOT / "edge", ROOT / "export" / "bundle"):
-        for f in sorted(folder.rglob("*.py")):
+    for pkg in PACKAGES:
+        for f in sorted((ROOT / pkg).rglob("*.py")):
             for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     a = node.args
                     names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs) if x.arg not in ("self", "cls")]
-                    if len(names) > MAX_PARAMS:
+                    if len(names) > PUBLIC_API.get(node.name, MAX_PARAMS):
                         long_lists.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name}() has {len(names)}")
     assert not long_lists, f"more than {MAX_PARAMS} parameters: {long_lists}"
