@@ -457,10 +457,14 @@ def test_ctrl_c_while_run_starts_is_one_line(tmp_path, edge_model, woman_video, 
     # Measured from the moment feredge's imports are under way (numpy's core is mapped): earlier, the
     # signal lands in the interpreter's own start-up (its default action, or a fatal error in `site`),
     # before any feredge code exists; on a loaded machine that start-up alone can take 0.3 s.
-    assert wait_until(lambda: _importing_numpy(proc.pid), timeout=30, interval=0.005)
-    time.sleep(delay)  # while it imports, loads the model, opens the video
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        assert wait_until(lambda: _importing_numpy(proc.pid), timeout=30, interval=0.005)
+        time.sleep(delay)  # while it imports, loads the model, opens the video
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a failed wait must not leave a daemon running
+        proc.wait()
     assert "Traceback" not in err, err
     assert proc.returncode in (0, 130), (proc.returncode, err)  # stopped cleanly, or interrupted
 
