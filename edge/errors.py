@@ -37,3 +37,29 @@ def one_line(e: BaseException, limit: int = 240, *, with_type: bool = True) -> s
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text if isinstance(e, FeredgeError) or not with_type else f"{type(e).__name__}: {text}"
+
+
+# ---- Ctrl-C that a library swallowed ------------------------------------------------------------
+# A Ctrl-C that lands inside a C extension's initialisation can come back as another error: numpy
+# reports "PyCapsule_Import could not import module datetime" as an ImportError, and a caller that
+# falls back on ImportError (the interpreter backends) then carries on as if nothing was asked. The
+# CLI's SIGINT handler records every Ctrl-C here, so the places that catch such errors can tell.
+_interrupted = False
+
+
+def note_interrupt(signum: int, frame: object) -> None:
+    """SIGINT handler: remember the interrupt, then raise it as Python's own handler does."""
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def forget_interrupt() -> None:
+    """A new command starts (the CLI's ``main`` may run more than once in one process)."""
+    global _interrupted
+    _interrupted = False
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C was pressed since the CLI started (even if some library turned it into another error)."""
+    return _interrupted

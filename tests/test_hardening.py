@@ -469,6 +469,35 @@ def test_ctrl_c_while_run_starts_is_one_line(tmp_path, edge_model, woman_video, 
     assert proc.returncode in (0, 130), (proc.returncode, err)  # stopped cleanly, or interrupted
 
 
+def test_ctrl_c_that_a_library_reports_as_an_import_error_still_stops_the_daemon(monkeypatch, edge_model,
+                                                                                woman_video, capsys):
+    """numpy reports a Ctrl-C that lands in its C initialisation as an ImportError ("PyCapsule_Import
+    could not import module datetime"). The backends fall back on ImportError, so the daemon once
+    carried on with TensorFlow's interpreter and the Ctrl-C was lost (seen under load in this suite).
+    Here the user's SIGINT really arrives inside the LiteRT backend's import, which turns it into an
+    ImportError as numpy does."""
+    import os
+    import signal
+
+    from feredge.edge.backends import litert
+    from feredge.edge.cli.main import main
+
+    def load():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises KeyboardInterrupt here
+        except KeyboardInterrupt:
+            raise ImportError('PyCapsule_Import could not import module "datetime"') from None
+        raise AssertionError("SIGINT was not delivered")
+
+    monkeypatch.setattr(litert, "load", load)
+    previous = signal.getsignal(signal.SIGINT)
+    rc = main(["run", "--model", str(edge_model), "--source", str(woman_video), "--http-port", "0"])
+    assert rc == 130, capsys.readouterr().err
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is previous  # the CLI put Python's handler back
+
+
 def test_clean_up_removes_only_the_killed_childs_staging_folder(tmp_path):
     from feredge.edge.fsutil import STAGING_PREFIX
     from feredge.export import isolate

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feredge.edge.errors import EdgeError, one_line
+from feredge.edge.errors import EdgeError, interrupted, one_line
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ def load_runtime(backend: str = "auto") -> Runtime:
         try:
             return mod.load()
         except ImportError as e:
+            if interrupted():
+                raise KeyboardInterrupt from None
             raise EdgeError(
                 f"backend {mod.NAME!r} is not installed ({one_line(e, with_type=False)}); pip install {mod.PACKAGE}"
             ) from None
@@ -98,6 +100,8 @@ def load_runtime(backend: str = "auto") -> Runtime:
         try:
             return mod.load()
         except ImportError as e:  # installed but broken (e.g. a wheel for another CPU)
+            if interrupted():  # or Ctrl-C landed in its import: stop, do not fall back
+                raise KeyboardInterrupt from None
             errors.append(f"{mod.PACKAGE}: {one_line(e, with_type=False)}")
             log.debug("backend %s not usable: %s", name, e)
     raise EdgeError(

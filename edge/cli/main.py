@@ -15,7 +15,7 @@ import signal
 import sys
 
 from feredge import __version__
-from feredge.edge.errors import FeredgeError
+from feredge.edge.errors import FeredgeError, forget_interrupt, interrupted, note_interrupt
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -69,11 +69,21 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    forget_interrupt()
+    previous = signal.signal(signal.SIGINT, note_interrupt) if _main_thread() else None
     try:
         return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C while the command's modules were still importing
         print("feredge: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if interrupted():  # a Ctrl-C a library reported as another error (numpy: an ImportError)
+            print("feredge: interrupted", file=sys.stderr)
+            return 130
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -88,6 +98,9 @@ def _main(argv: list[str] | None) -> int:
     try:
         return int(args._module.run(args) or 0)
     except FeredgeError as e:
+        if interrupted():  # e.g. "no TFLite interpreter" because Ctrl-C broke its import
+            print(f"feredge {args.command}: interrupted", file=sys.stderr)
+            return 130
         print(f"feredge {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:

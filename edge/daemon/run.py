@@ -30,7 +30,7 @@ from feredge.edge.daemon.metrics import DaemonMetrics
 from feredge.edge.daemon.notify import Notifier
 from feredge.edge.daemon.sinks import Sink, create_sinks
 from feredge.edge.daemon.timeline import Timeline
-from feredge.edge.errors import EdgeError, one_line
+from feredge.edge.errors import EdgeError, interrupted, one_line
 from feredge.edge.sources import Frame
 from feredge.edge.sources.reconnect import CameraFeed, Opener, ReconnectPolicy, SourcePlan
 from feredge.edge.sources.spec import redact
@@ -394,6 +394,8 @@ class Daemon:
             signal.signal(signal.SIGINT, self.request_stop)
             with contextlib.suppress(AttributeError, ValueError):
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            if interrupted():  # a Ctrl-C during start-up that some library swallowed
+                self.request_stop()
         if not self.cameras:
             self.setup()
         self.metrics.up.set(1)
