@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import sysconfig
 import venv
 import zipfile
@@ -35,11 +34,14 @@ def _venv(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    return next(out.glob("feredge-*.whl"))
+    """Built the way `feredge bundle` builds it from a checkout, after leaving a stale module in
+    setuptools' scratch folder (which setuptools would pack: a module deleted since the last build)."""
+    from feredge.export.bundle.build import build_feredge_wheel
+
+    stale = ROOT / "build" / "lib" / "edge" / "stale.py"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("x = 1\n")
+    return build_feredge_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="module")

@@ -196,6 +196,9 @@ def build_feredge_wheel(dest: Path) -> Path:
     installed wheel itself, re-packed from its RECORD."""
     if not (CHECKOUT / "pyproject.toml").is_file():
         return repack_installed_wheel(dest)
+    # setuptools packs all of its scratch folder build/lib, modules deleted from the source since the
+    # last build included (a stale top-level `edge/` would shadow nothing here but ship to the Pi).
+    shutil.rmtree(CHECKOUT / "build", ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="feredge-wheel-") as tmp:
         # Build isolation fetches a current setuptools (the project's license field needs >= 77).
         args = ["wheel", str(CHECKOUT), "--no-deps", "-q", "-w", tmp]
