@@ -30,7 +30,8 @@ def tiny_fer(tmp_path_factory) -> Path:
 
 
 def test_recipe_trains_resumes_and_exports_with_its_temperature(tiny_fer: Path, tmp_path: Path):
-    from feredge.export.train.recipe import RESUME_FILES, TrainConfig, build_model, stratified_split, train
+    from feredge.export.train.arch import build_model
+    from feredge.export.train.recipe import RESUME_FILES, TrainConfig, stratified_split, train
 
     assert build_model(32).count_params() < 900_000  # int8 TFLite <= 1 MB
     y = np.repeat(np.arange(7), 10)
@@ -93,3 +94,40 @@ def test_augmentation_is_identity_when_its_ranges_are_zero_and_bounded_otherwise
     moved = augment_batch(tf.constant(x), TrainConfig(data=""), seed=2).numpy()
     assert moved.shape == x.shape and moved.min() >= 0 and moved.max() <= 1
     assert not np.allclose(moved, still_out)
+
+
+def test_distillation_mixes_the_label_with_the_flip_averaged_teachers(tiny_fer: Path, tmp_path: Path):
+    import keras
+    import tensorflow as tf
+
+    from feredge.export.errors import ExportError
+    from feredge.export.train.recipe import TrainConfig, load_teachers, teacher_targets, train
+
+    keras.utils.set_random_seed(0)
+    teacher = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Conv2D(3, 5, strides=2),
+                                keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(7)])
+    teacher.save(tmp_path / "t.keras")
+    x = np.random.default_rng(0).random((4, 48, 48, 1)).astype(np.float32)
+    y = np.eye(7, dtype=np.float32)[[0, 1, 2, 6]]
+    got = teacher_targets(load_teachers(str(tmp_path / "t.keras")), TrainConfig(data="", distill_alpha=0.25))(
+        tf.constant(x), tf.constant(y)).numpy()
+    logits = (teacher.predict(x, verbose=0) + teacher.predict(x[:, :, ::-1], verbose=0)) / 2
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert np.allclose(got, 0.75 * y + 0.25 * p, atol=1e-5) and np.allclose(got.sum(1), 1.0)
+    assert not np.allclose(teacher.predict(x, verbose=0), teacher.predict(x[:, :, ::-1], verbose=0))  # flip counts
+
+    wrong = keras.Sequential([keras.Input((64, 64, 1)), keras.layers.Flatten(), keras.layers.Dense(7)])
+    wrong.save(tmp_path / "wrong.keras")
+    with pytest.raises(ExportError, match=r"teacher .*wrong.keras.* must take \(48, 48, 1\)"):
+        load_teachers(str(tmp_path / "wrong.keras"))
+    with pytest.raises(ExportError, match="teacher not found"):
+        load_teachers(str(tmp_path / "missing.keras"))
+
+    # a distilled run of the v3 network trains and names its release after the architecture
+    cfg = TrainConfig(data=str(tiny_fer), out=str(tmp_path / "d"), epochs=2, batch_size=16, width=4, warmup_epochs=1,
+                      arch="v3", teacher=str(tmp_path / "t.keras"))
+    release = train(cfg, progress=False)
+    assert release.name == "feredge-fer-v3.keras"
+    hint = Contract.load(release.with_suffix(".json"))
+    assert hint.name == "feredge-fer-v3" and hint.provenance["training"]["config"]["teacher"].endswith("t.keras")

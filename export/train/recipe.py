@@ -1,9 +1,10 @@
 """Training recipe for the shipped default model (``feredge train``).
 
-A compact VGG-style CNN for 48x48 grey faces, built only from ops that int8 TFLite and the
-Edge TPU compiler accept (Conv2D, folded BatchNorm, ReLU, MaxPool, global average pool,
-Dense). It outputs logits; a temperature fitted on the validation part goes into the
-contract so the device's softmax(z/T) is calibrated.
+A network of :mod:`feredge.export.train.arch` for 48x48 grey faces, trained with AdamW, a cosine
+schedule, an EMA of the weights and one affine warp per face; optionally distilled from teachers
+(earlier releases, their flip-averaged logits on the very view the student sees). It outputs
+logits; a temperature fitted on the validation part goes into the contract so the device's
+softmax(z/T) is calibrated.
 
 The recipe never reads the test part: model selection uses a seeded, stratified validation
 part of the training data. Every epoch is checkpointed (``--resume`` continues), and the
@@ -28,10 +29,16 @@ import numpy as np
 from feredge.edge.contract import FER2013_LABELS
 from feredge.edge.fsutil import atomic_write_text
 from feredge.export.errors import ExportError
+from feredge.export.train.arch import ARCHITECTURES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "feredge-fer-v2"
+
+
+def release_name(cfg: TrainConfig) -> str:
+    """feredge-fer-v2, feredge-fer-v3: the architecture names the release."""
+    return f"feredge-fer-{cfg.arch}"
 # Files that make a run resumable on another machine (what training/resume/ holds between sessions).
 RESUME_FILES = ("last.keras", "best.weights.h5", "history.csv", "split.npz", "state.json")
 
@@ -59,84 +66,10 @@ class TrainConfig:
     time_budget_min: float = 0.0  # > 0: stop after the epoch that passes it (resumable)
     threads: int = 0  # 0 = TensorFlow's default
     arch: str = "v2"  # a key of ARCHITECTURES
-
-
-def build_model(width: int = 32, n_classes: int = 7):
-    """Four Conv-BN-ReLU stages (48 -> 24 -> 12 -> 6 -> 3), GAP, dropout, Dense logits.
-
-    Kept at v1's ~96 M multiply-adds per face: the per-face budget on the device is what bounds
-    it, so v2's gain comes from the recipe (schedule, augmentation, EMA), not a bigger network.
-    """
-    import keras
-    from keras import layers
-
-    inp = keras.Input((48, 48, 1), name="face")
-    x = inp
-    for stage, (filters, convs) in enumerate([(width, 2), (width * 2, 2), (width * 4, 2), (width * 8, 1)]):
-        for j in range(convs):
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"s{stage}c{j}")(x)
-            x = layers.BatchNormalization(name=f"s{stage}bn{j}")(x)
-            x = layers.ReLU(name=f"s{stage}relu{j}")(x)
-        x = layers.MaxPooling2D(2, name=f"s{stage}pool")(x)
-        if stage >= 1:
-            x = layers.Dropout(0.1 * stage, name=f"s{stage}drop")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(0.4, name="head_drop")(x)
-    out = layers.Dense(n_classes, name="logits", dtype="float32")(x)
-    return keras.Model(inp, out, name="feredge_fer")
-
-
-def build_v3(width: int = 32, n_classes: int = 7, stages: tuple[float, ...] = (1.5, 3, 4), stem: float = 0.25):
-    """v3 candidate: cheap at full resolution, capacity where channels are cheap (issue 23).
-
-    A 1->w/4 stem at 48x48 and a strided 3x3 to 24x24 (w), then per stage a strided 3x3 and one
-    residual block of two 3x3 Conv-BN-ReLU at 12x12 (1.5w), 6x6 (3w) and 3x3 (4w). Residual ADD,
-    ReLU and dense 3x3 convolutions are int8- and Edge TPU-friendly and run near peak in XNNPACK's
-    int8 kernels; no depthwise convolutions (memory-bound on a Cortex-A72). Channels double as
-    the side halves, so each block costs about the same. Width 32: 20.6 M multiply-adds, 0.67 M
-    parameters, 0.92x the int8 latency of fer's mini-XCEPTION on an AVX2 EPYC core (LiteRT, one
-    thread, interleaved; a 16-channel stem measured 1.12x, so the stem is 8 channels).
-    """
-    import keras
-    from keras import layers
-
-    def cbr(x, filters, stride, name, relu=True):
-        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}c")(x)
-        x = layers.BatchNormalization(name=f"{name}bn")(x)
-        return layers.ReLU(name=f"{name}relu")(x) if relu else x
-
-    inp = keras.Input((48, 48, 1), name="face")
-    x = cbr(inp, int(width * stem), 1, "stem0")
-    x = cbr(x, width, 2, "stem1")  # 24x24
-    for stage, filters in enumerate(int(width * m) for m in stages):  # 12, 6, 3
-        x = cbr(x, filters, 2, f"s{stage}down")
-        y = cbr(x, filters, 1, f"s{stage}a")
-        y = cbr(y, filters, 1, f"s{stage}b", relu=False)
-        x = layers.ReLU(name=f"s{stage}out")(layers.Add(name=f"s{stage}add")([x, y]))
-        if stage >= 1:
-            x = layers.Dropout(0.1 * stage, name=f"s{stage}drop")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(0.4, name="head_drop")(x)
-    out = layers.Dense(n_classes, name="logits", dtype="float32")(x)
-    return keras.Model(inp, out, name="feredge_fer_v3")
-
-
-ARCHITECTURES = {"v2": build_model, "v3": build_v3}
-
-
-def count_macs(model) -> int:
-    """Multiply-adds per face of the Conv2D and Dense layers (what the budget counts)."""
-    from keras import layers
-
-    total = 0
-    for la in model.layers:
-        if isinstance(la, layers.Conv2D):
-            kh, kw, cin, cout = la.kernel.shape
-            _, h, w, _ = la.output.shape
-            total += int(kh * kw * cin * cout * h * w)
-        elif isinstance(la, layers.Dense):
-            total += int(la.kernel.shape[0] * la.kernel.shape[1])
-    return total
+    # distillation: comma-separated .keras teachers (48x48 grey in [0,1], logits out); the target is
+    # (1 - distill_alpha) * the smoothed label + distill_alpha * softmax(mean teacher logits)
+    teacher: str = ""
+    distill_alpha: float = 0.5
 
 
 def load_fer_arrays(data_dir: Path, part: str, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -393,8 +326,11 @@ def _fit(model, cfg: TrainConfig, session: _Session, data: tuple[np.ndarray, np.
         .shuffle(len(tr), seed=stream, reshuffle_each_iteration=True)
         .batch(cfg.batch_size)
         .map(lambda a, b: (augment_batch(a, cfg), b), num_parallel_calls=2)
-        .prefetch(2)
     )
+    if cfg.teacher:
+        targets = teacher_targets(load_teachers(cfg.teacher), cfg)
+        train_ds = train_ds.map(lambda a, b: (a, targets(a, b)))
+    train_ds = train_ds.prefetch(2)
     tf.random.set_global_generator(tf.random.Generator.from_seed(stream))
     val_ds = tf.data.Dataset.from_tensor_slices((xf[va], y1h[va])).batch(256)
     # a fixed sample of clean training faces for the BN statistics of the EMA weights
@@ -402,6 +338,38 @@ def _fit(model, cfg: TrainConfig, session: _Session, data: tuple[np.ndarray, np.
     callbacks = _callbacks(cfg, out, time.monotonic(), resume, xf[np.sort(bn_idx)])
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
               callbacks=callbacks, verbose=1 if session.progress else 2)
+
+
+def load_teachers(spec: str) -> list:
+    """The teacher models, checked to take the student's faces and give the seven classes' logits."""
+    import keras
+
+    teachers = []
+    for path in (p.strip() for p in spec.split(",") if p.strip()):
+        if not Path(path).is_file():
+            raise ExportError(f"teacher not found: {path} (a .keras release of feredge train)")
+        t = keras.models.load_model(path, compile=False)
+        if tuple(t.input_shape[1:]) != (48, 48, 1) or t.output_shape[-1] != len(FER2013_LABELS):
+            raise ExportError(f"teacher {path}: takes {t.input_shape[1:]} and gives {t.output_shape[-1]} outputs; "
+                              f"a teacher must take (48, 48, 1) faces and give {len(FER2013_LABELS)} logits")
+        t.trainable = False
+        teachers.append(t)
+    return teachers
+
+
+def teacher_targets(teachers: list, cfg: TrainConfig):
+    """Soft targets on the augmented batch itself: the teachers' logits averaged over the teachers and
+    the face's mirror image, as probabilities, mixed with the one-hot label. The label keeps the
+    student anchored where the teachers err; the teachers' probabilities carry which classes a face
+    resembles (a cheap ensemble, and what the small student cannot learn from labels alone)."""
+    import tensorflow as tf
+
+    def targets(x, y1h):
+        views = (x, tf.reverse(x, axis=[2]))
+        logits = tf.add_n([t(v, training=False) for t in teachers for v in views]) / (2 * len(teachers))
+        return (1.0 - cfg.distill_alpha) * y1h + cfg.distill_alpha * tf.nn.softmax(logits)
+
+    return targets
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path | None:
@@ -458,7 +426,7 @@ def finish(cfg: TrainConfig, out: Path, xv: np.ndarray, yv: np.ndarray, *, train
          "config": asdict(cfg)}, indent=2))
     plot_history(out / "history.csv", out / "curves.png")
     log.info("best val accuracy %.4f (epoch %s), temperature %.3f", val_acc, state.get("best_epoch"), temperature)
-    return write_release(out, temperature=temperature, val_accuracy=val_acc, config=cfg)
+    return write_release(out, temperature=temperature, val_accuracy=val_acc, config=cfg, name=release_name(cfg))
 
 
 def write_release(out: Path, *, temperature: float, val_accuracy: float, config: TrainConfig,
@@ -526,6 +494,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget-min", type=float, default=TrainConfig.time_budget_min,
                    help="stop after the epoch that passes this many minutes; --resume continues")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--teacher", default="", metavar="KERAS[,KERAS...]",
+                   help="distil from these releases (their flip-averaged logits on each augmented face)")
+    p.add_argument("--distill-alpha", type=float, default=TrainConfig.distill_alpha,
+                   help="weight of the teachers' probabilities in the target (the label gets the rest)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (its schedule and augmentation are kept from state.json)")
     p.add_argument("--quiet", "-q", action="store_true")
@@ -534,7 +506,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       width=args.width, arch=args.arch, seed=args.seed, precision=args.precision,
-                      time_budget_min=args.time_budget_min, threads=args.threads)
+                      time_budget_min=args.time_budget_min, threads=args.threads, teacher=args.teacher,
+                      distill_alpha=args.distill_alpha)
+    if not 0.0 <= cfg.distill_alpha <= 1.0:
+        raise ExportError(f"--distill-alpha must be between 0 and 1, got {cfg.distill_alpha}")
     release = train(cfg, resume=args.resume, progress=not args.quiet)
     if release is None:
         state = json.loads((Path(cfg.out) / "state.json").read_text())
