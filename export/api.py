@@ -201,6 +201,7 @@ class ExportOptions:
     name: str | None = None
     keras1_theano: bool = False
     edgetpu: bool = False
+    int16_activations: bool = False
     trust_model: bool = False
     progress: bool = True
     eval_samples: int | None = None

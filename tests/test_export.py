@@ -219,6 +219,7 @@ def test_rgb_model_gets_grey_calibration_as_rgb(tiny, tmp_path: Path, capsys):
         "happy/broken.jpg", "sad/zero.png"]
     assert r["calibration"]["samples"] == 42 and r["heldout"]["n"] == 14  # 21 test faces, capped
     assert r["calibration"]["onnx_method"] == "percentile"
+    assert not list(out.glob("*.16x8.tflite"))  # only with --int16-activations: the default stays Coral-ready
     tfl = r["artifacts"]["rgb.int8.tflite"]
     assert tfl["metrics"]["n"] == 14 and tfl["metrics"]["mean_abs_dp"] < 0.05
     assert r["artifacts"]["rgb.onnx"]["metrics"]["agreement"] == 1.0
@@ -565,3 +566,32 @@ def test_onnx_folds_the_input_normalisation_only_where_exact(tmp_path: Path, pad
 
     ops = [n.op_type for n in onnx.load(str(f)).graph.node]
     assert ("Mul" not in ops and "Add" not in ops) if folds else "Mul" in ops
+
+
+def test_int16_activations_write_a_16x8_copy_the_device_and_parity_run(tiny, tmp_path: Path, face_frame):
+    """--int16-activations: int8 weights, int16 activations, float I/O; every inner tensor integer,
+    scored in the report, classified by the device runtime and held to the quantised bar by parity."""
+    from feredge.edge.model import Classifier
+    from feredge.export.convert.tflite import read_flatbuffer
+
+    out = tmp_path / "e"
+    rc = main(["export", str(tiny["rgb"]), "--calibration", str(tiny["data"]), "--samples", "40", "--quiet",
+               "--labels", ",".join(FER2013_LABELS), "--name", "m", "--int16-activations", "--out", str(out)])
+    assert rc == 0
+    f16 = out / "m.16x8.tflite"
+    info = read_flatbuffer(f16.read_bytes())
+    edge = set(info.inputs) | set(info.outputs)
+    assert {info.tensors[i].type for i in edge} == {"FLOAT32"}
+    inner = {t.type for t in info.tensors if t.index not in edge}
+    assert "INT16" in inner and "FLOAT32" not in inner
+    r = json.loads((out / "export-report.json").read_text())
+    assert r["artifacts"]["m.16x8.tflite"]["kind"] == "tflite-16x8"
+    assert r["artifacts"]["m.16x8.tflite"]["metrics"]["mean_abs_dp"] < 0.05
+    pred = Classifier(f16).classify(face_frame)  # its contract is embedded, like every artifact's
+    assert pred.label in FER2013_LABELS
+    rc = main(["parity", "--quiet", "--reference", str(out / "m.keras"), "--candidate", str(f16), "--data",
+               str(tiny["data"]), "--split", "test", "--min-agreement", "0", "--max-accuracy-drop", "1",
+               "--report", str(tmp_path / "p")])
+    assert rc == 0
+    cand = json.loads((tmp_path / "p" / "report.json").read_text())["candidates"][0]
+    assert cand["kind"] == "16x8 tflite" and cand["int8"] is True

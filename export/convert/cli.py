@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-samples", type=int, metavar="N",
                    help="cap the held-out check at N faces (default: the whole test part)")
     p.add_argument("--edgetpu", action="store_true", help="check Edge TPU compatibility and compile if possible")
+    p.add_argument("--int16-activations", action="store_true",
+                   help="also write <name>.16x8.tflite (int8 weights, int16 activations): closer to the desktop "
+                        "model where int8 is not close enough; CPU only, slower than int8")
     p.add_argument("--trust-model", action="store_true",
                    help="allow Lambda layers (deserialising them runs code from the file)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
@@ -59,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         calibration=args.calibration, out_dir=args.out, architecture=args.architecture, labels=args.labels,
         normalize=args.normalize, resize=args.resize, color=args.color, face_margin=args.face_margin,
         usage=args.usage, samples=args.samples, seed=args.seed, name=args.name, keras1_theano=args.keras1_theano,
-        edgetpu=args.edgetpu, trust_model=args.trust_model, progress=not args.quiet,
+        edgetpu=args.edgetpu, int16_activations=args.int16_activations, trust_model=args.trust_model,
+        progress=not args.quiet,
         eval_samples=args.eval_samples, onnx_calibration=args.onnx_calibration,
         selection_samples=args.selection_samples, fold=args.fold,
     )

@@ -21,6 +21,7 @@ from feredge.edge.contract import Contract, embed
 # key -> module with ``convert(job: ConvertJob) -> list[Artifact]``, in order of work.
 FORMATS: dict[str, str] = {
     "tflite-int8": "feredge.export.convert.tflite",
+    "tflite-16x8": "feredge.export.convert.tflite16",  # only with --int16-activations
     "onnx": "feredge.export.convert.onnx",
     "keras": "feredge.export.convert.desktop",
 }

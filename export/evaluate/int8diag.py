@@ -17,10 +17,8 @@ all on the selection faces (held out from calibration, never the test faces), na
 from __future__ import annotations
 
 import logging
-import tempfile
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,21 +88,13 @@ def mixed_agreement(calibrated: bytes, selection: Any, nodes: list[str]) -> dict
 
 def int16_agreement(model: Any, calib_x: np.ndarray, selection: Any) -> dict[str, float] | None:
     """The 16x8 TFLite (int16 activations, int8 weights) scored like the int8 candidates."""
-    import tensorflow as tf
+    from feredge.export.convert.tflite16 import convert_16x8
 
-    from feredge.export.convert.tflite import keras_to_saved_model
-
-    with tempfile.TemporaryDirectory(prefix="feredge-16x8-") as tmp:
-        sm = keras_to_saved_model(model, tuple(int(v) for v in calib_x.shape[1:]), Path(tmp) / "sm")
-        conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-        conv.representative_dataset = lambda: ([calib_x[i:i + 1].astype(np.float32)] for i in range(len(calib_x)))
-        try:
-            data = conv.convert()
-        except Exception as e:
-            log.debug("16x8 conversion: %s", e)
-            return None
+    try:
+        data = convert_16x8(model, calib_x)
+    except Exception as e:
+        log.debug("16x8 conversion: %s", e)
+        return None
     return selection.score(data)
 
 
@@ -157,6 +147,6 @@ def diagnose(model: Any, calibrated: bytes, calib_x: np.ndarray, selection: Any,
                     f"the int8 output's step; {100 * out['margin_below_0_01']:.1f} % below 0.01")
     if i16 is not None:
         findings.append(f"with int16 activations (16x8, CPU only, no Edge TPU) the same weights agree on "
-                        f"{100 * i16['agreement']:.1f} %")
+                        f"{100 * i16['agreement']:.1f} % (export with --int16-activations to get that copy too)")
     return {"layers": layers[:TOP + 2], "layers_scored": len(layers), "float_layers": mixed, "output": out,
             "int16": i16, "findings": findings}

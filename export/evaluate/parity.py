@@ -79,11 +79,12 @@ class Candidate:
     path: Path
     contract: Contract
     format: str  # "tflite" | "onnx"
-    int8: bool
+    int8: bool  # quantised: held to the int8 bar (16x8 too: int8 weights, int16 activations)
 
     @property
     def kind(self) -> str:
-        return f"{'int8' if self.int8 else 'float'} {self.format}"
+        precision = "16x8" if ".16x8." in self.path.name else "int8" if self.int8 else "float"
+        return f"{precision} {self.format}"
 
 
 @dataclass
@@ -134,7 +135,7 @@ def load_candidate(path: str | Path) -> Candidate:
         raise ExportError(f"candidate {p} cannot be read: {type(e).__name__}: {e}") from None
     q = contract.quant_for(p.name)
     if p.suffix == ".tflite":
-        int8 = any(v.dtype in ("int8", "uint8") for v in q.values()) or ".int8." in p.name
+        int8 = any(v.dtype in ("int8", "uint8") for v in q.values()) or ".int8." in p.name or ".16x8." in p.name
         return Candidate(p, contract, "tflite", int8)
     try:
         int8 = ".int8." in p.name or _is_int8_onnx(p)
