@@ -4,6 +4,24 @@ candidate of issue 23), built only from ops that int8 TFLite and the Edge TPU co
 from __future__ import annotations
 
 
+def _cbr(x, filters: int, stride: int, names: tuple[str, str, str], relu: bool = True):
+    """3x3 Conv (no bias) - BatchNorm - ReLU, the layers named as the released weights expect."""
+    from keras import layers
+
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=names[0])(x)
+    x = layers.BatchNormalization(name=names[1])(x)
+    return layers.ReLU(name=names[2])(x) if relu else x
+
+
+def _head(inp, x, n_classes: int, name: str):
+    """Global average pool, dropout, float32 logits (the temperature is fitted on them)."""
+    import keras
+    from keras import layers
+
+    x = layers.Dropout(0.4, name="head_drop")(layers.GlobalAveragePooling2D(name="gap")(x))
+    return keras.Model(inp, layers.Dense(n_classes, name="logits", dtype="float32")(x), name=name)
+
+
 def build_model(width: int = 32, n_classes: int = 7):
     """Four Conv-BN-ReLU stages (48 -> 24 -> 12 -> 6 -> 3), GAP, dropout, Dense logits.
 
@@ -17,16 +35,11 @@ def build_model(width: int = 32, n_classes: int = 7):
     x = inp
     for stage, (filters, convs) in enumerate([(width, 2), (width * 2, 2), (width * 4, 2), (width * 8, 1)]):
         for j in range(convs):
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"s{stage}c{j}")(x)
-            x = layers.BatchNormalization(name=f"s{stage}bn{j}")(x)
-            x = layers.ReLU(name=f"s{stage}relu{j}")(x)
+            x = _cbr(x, filters, 1, (f"s{stage}c{j}", f"s{stage}bn{j}", f"s{stage}relu{j}"))
         x = layers.MaxPooling2D(2, name=f"s{stage}pool")(x)
         if stage >= 1:
             x = layers.Dropout(0.1 * stage, name=f"s{stage}drop")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(0.4, name="head_drop")(x)
-    out = layers.Dense(n_classes, name="logits", dtype="float32")(x)
-    return keras.Model(inp, out, name="feredge_fer")
+    return _head(inp, x, n_classes, "feredge_fer")
 
 
 def build_v3(width: int = 32, n_classes: int = 7, stages: tuple[float, ...] = (1.5, 3, 4), stem: float = 0.25):
@@ -44,9 +57,7 @@ def build_v3(width: int = 32, n_classes: int = 7, stages: tuple[float, ...] = (1
     from keras import layers
 
     def cbr(x, filters, stride, name, relu=True):
-        x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}c")(x)
-        x = layers.BatchNormalization(name=f"{name}bn")(x)
-        return layers.ReLU(name=f"{name}relu")(x) if relu else x
+        return _cbr(x, filters, stride, (f"{name}c", f"{name}bn", f"{name}relu"), relu)
 
     inp = keras.Input((48, 48, 1), name="face")
     x = cbr(inp, int(width * stem), 1, "stem0")
@@ -58,10 +69,7 @@ def build_v3(width: int = 32, n_classes: int = 7, stages: tuple[float, ...] = (1
         x = layers.ReLU(name=f"s{stage}out")(layers.Add(name=f"s{stage}add")([x, y]))
         if stage >= 1:
             x = layers.Dropout(0.1 * stage, name=f"s{stage}drop")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(0.4, name="head_drop")(x)
-    out = layers.Dense(n_classes, name="logits", dtype="float32")(x)
-    return keras.Model(inp, out, name="feredge_fer_v3")
+    return _head(inp, x, n_classes, "feredge_fer_v3")
 
 
 ARCHITECTURES = {"v2": build_model, "v3": build_v3}
