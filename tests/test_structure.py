@@ -74,7 +74,7 @@ def test_edge_never_imports_export_and_nothing_imports_the_old_top_level_names()
     for f in (ROOT / "edge").rglob("*.py"):
         bad = [n for n in _imports(f) if n.startswith("feredge.export")]
         assert not bad, f"{f.relative_to(ROOT)} imports {bad}"
-    for folder in ("edge", "export", "feredge", "tests", "bench", "scripts"):
+    for folder in ("edge", "export", "src", "tests", "bench", "scripts"):
         for f in (ROOT / folder).rglob("*.py"):
             bad = [n for n in _imports(f) if n.split(".")[0] in ("edge", "export")]
             assert not bad, f"{f.relative_to(ROOT)} imports {bad} (use feredge.edge / feredge.export)"

@@ -80,6 +80,13 @@ def test_installed_wheel_is_what_runs(installed: Path, tmp_path: Path):
     r = subprocess.run([str(installed / "python"), "-m", "feredge", "--version"], capture_output=True, text=True,
                        cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("feredge "), r.stderr
+    # from inside a checkout too (`python -m` puts the working directory first on sys.path): nothing
+    # there may shadow the installed package, as a top-level feredge/ folder once did
+    r = subprocess.run([str(installed / "python"), "-m", "feredge", "--version"], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.startswith("feredge "), r.stderr
+    r = subprocess.run([str(installed / "python"), "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert Path(r.stdout.strip()).is_relative_to(installed.parent), r.stdout + r.stderr
 
 
 def test_doctor_and_classify_from_the_wheel(installed: Path, tmp_path: Path, astronaut_bgr):

@@ -32,8 +32,8 @@ from feredge.export.errors import ExportError
 
 log = logging.getLogger(__name__)
 
-# A source checkout holds pyproject.toml beside the feredge/ folder; a wheel install does not.
-CHECKOUT = Path(feredge.__file__).resolve().parents[1]
+# A source checkout holds pyproject.toml two levels above src/feredge/; a wheel install does not.
+CHECKOUT = Path(feredge.__file__).resolve().parents[2]
 BUNDLE_FORMAT = 1
 
 
