@@ -505,10 +505,6 @@ class _Scores:
     desktop_accuracy: float | None
     artifacts: dict[str, _Score] = field(default_factory=dict)  # by file name
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"desktop_accuracy": self.desktop_accuracy,
-                "artifacts": {k: v.to_dict() for k, v in self.artifacts.items()}}
-
 
 def _score_phase(run: _Run, view: Any, contract: Contract, conv: Converted, sets: _Sets) -> _Scores:
     """Every artifact against the desktop model on the held-out faces (the device's runners)."""

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from feredge.edge.contract import FER2013_LABELS
-from feredge.edge.sources import IMAGE_EXTENSIONS as IMAGE_EXTS
+from feredge.edge.sources import IMAGE_EXTENSIONS
 from feredge.edge.sources.images import read_image
 from feredge.export.errors import ExportError, NoTestPart
 from feredge.export.progress import progress_bar
@@ -247,7 +247,7 @@ def read_source(path: str | os.PathLike[str], part: str = "train", usage: str | 
         s = _read_csv(p, part, usage, progress)
     elif p.suffix.lower() in (".npz", ".npy"):
         s = _read_arrays(p, part)
-    elif p.suffix.lower() in IMAGE_EXTS:
+    elif p.suffix.lower() in IMAGE_EXTENSIONS:
         raise ExportError(f"calibration source {p} is a single image; give the folder that holds the images")
     else:
         raise ExportError(
@@ -292,7 +292,7 @@ def read_heldout(path: str | os.PathLike[str], calibration: ImageSet, *, n: int 
 
 def _list_images(folder: Path, recursive: bool) -> list[Path]:
     it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(f for f in it if f.suffix.lower() in IMAGE_EXTS and f.is_file() and not f.name.startswith("."))
+    return sorted(f for f in it if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file() and not f.name.startswith("."))
 
 
 def _read_dir(p: Path, part: str) -> ImageSet:
@@ -324,7 +324,7 @@ def _read_dir(p: Path, part: str) -> ImageSet:
     if labels is not None:
         labels = labels[order]
     if not files:
-        raise ExportError(f"calibration source {root} contains no images ({', '.join(sorted(IMAGE_EXTS))})")
+        raise ExportError(f"calibration source {root} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return ImageSet(ids=ids, labels=labels, class_names=class_names, description=desc,
                     loader=lambda i: read_image(files[i], keep_grey=True, strict=True)[0])
 

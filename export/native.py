@@ -17,6 +17,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+
 @contextlib.contextmanager
 def quiet_native_logs(enabled: bool = True) -> Iterator[None]:
     """Send C++ log spam (TensorFlow, MLIR, oneDNN: written straight to fd 2, deaf to

@@ -72,10 +72,6 @@ class Converted:
     def get(self, kind: str) -> Artifact | None:
         return next((a for a in self.artifacts if a.kind == kind), None)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"artifacts": {a.name: a.to_dict() for a in self.artifacts},
-                "edgetpu": self.edgetpu.to_dict() if self.edgetpu is not None else None}
-
 
 @dataclass
 class ConvertJob:

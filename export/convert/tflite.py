@@ -235,15 +235,13 @@ def keras_to_saved_model(model: Any, input_shape: tuple[int, int, int], dest: Pa
         tf.saved_model.save(model, str(dest), signatures=serve.get_concrete_function())
         return dest
     try:
-        model.export(str(dest), format="tf_saved_model",
-                     input_signature=[tf.TensorSpec((1, h, w, c), tf.float32, name="input")], verbose=False)
+        model.export(str(dest), format="tf_saved_model", input_signature=[spec], verbose=False)
     except TypeError:  # older Keras without ``verbose``
-        model.export(str(dest), format="tf_saved_model",
-                     input_signature=[tf.TensorSpec((1, h, w, c), tf.float32, name="input")])
+        model.export(str(dest), format="tf_saved_model", input_signature=[spec])
     return dest
 
 
-def _converter_error(e: BaseException) -> str:
+def converter_error(e: BaseException) -> str:
     """The first line of a converter failure that names an op, not the whole MLIR dump."""
     text = str(e)
     for pat in (r"'([\w.]+)' op [^\n]*", r"[^\n]*not supported[^\n]*", r"[^\n]*error:[^\n]*"):
@@ -340,7 +338,7 @@ def _calibrate(model: Any, calib_x: np.ndarray, progress_cb: Callable[[int], Non
         try:
             return conv.convert()
         except Exception as e:  # the converter raises ConverterError, RuntimeError, ValueError...
-            raise ExportError(f"int8 TFLite conversion failed: {_converter_error(e)}") from None
+            raise ExportError(f"int8 TFLite conversion failed: {converter_error(e)}") from None
 
 
 def _quantize(calibrated: bytes, new_ranges: dict[int, tuple[float, float]]) -> bytes:
@@ -352,7 +350,7 @@ def _quantize(calibrated: bytes, new_ranges: dict[int, tuple[float, float]]) -> 
     try:
         return ranges.quantize(ranges.with_ranges(calibrated, new_ranges))
     except Exception as e:
-        raise ExportError(f"int8 TFLite conversion failed: {_converter_error(e)}") from None
+        raise ExportError(f"int8 TFLite conversion failed: {converter_error(e)}") from None
 
 
 def convert_int8(

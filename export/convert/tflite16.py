@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from feredge.export.convert.formats import Artifact
-from feredge.export.convert.tflite import FlatbufferInfo, keras_to_saved_model, read_flatbuffer
+from feredge.export.convert.tflite import FlatbufferInfo, converter_error, keras_to_saved_model, read_flatbuffer
 from feredge.export.errors import ExportError
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def convert(job: ConvertJob) -> list[Artifact]:
     try:
         data = convert_16x8(job.model, job.x_cal)
     except Exception as e:
-        raise ExportError(f"16x8 TFLite conversion failed: {' '.join(str(e).split())[:300]}") from None
+        raise ExportError(f"16x8 TFLite conversion failed: {converter_error(e)}") from None
     fb = verify_16x8(data)
     f16.write_bytes(data)
     contract.quantization[f16.name] = {"input": fb.quant(fb.inputs[0]), "output": fb.quant(fb.outputs[0])}

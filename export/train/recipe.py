@@ -33,12 +33,7 @@ from feredge.export.train.arch import ARCHITECTURES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "feredge-fer-v2"
-
-
-def release_name(cfg: TrainConfig) -> str:
-    """feredge-fer-v2, feredge-fer-v3: the architecture names the release."""
-    return f"feredge-fer-{cfg.arch}"
+DEFAULT_NAME = "feredge-fer-v2"  # the shipped release (scripts/model_card.py)
 # Files that make a run resumable on another machine (what training/resume/ holds between sessions).
 RESUME_FILES = ("last.keras", "best.weights.h5", "history.csv", "split.npz", "state.json")
 
@@ -426,18 +421,19 @@ def finish(cfg: TrainConfig, out: Path, xv: np.ndarray, yv: np.ndarray, *, train
          "config": asdict(cfg)}, indent=2))
     plot_history(out / "history.csv", out / "curves.png")
     log.info("best val accuracy %.4f (epoch %s), temperature %.3f", val_acc, state.get("best_epoch"), temperature)
-    return write_release(out, temperature=temperature, val_accuracy=val_acc, config=cfg, name=release_name(cfg))
+    return write_release(out, temperature=temperature, val_accuracy=val_acc, config=cfg)
 
 
-def write_release(out: Path, *, temperature: float, val_accuracy: float, config: TrainConfig,
-                  name: str = DEFAULT_NAME) -> Path:
+def write_release(out: Path, *, temperature: float, val_accuracy: float, config: TrainConfig) -> Path:
     """``<name>.keras`` plus ``<name>.json`` beside it: the contract hint ``feredge export``
     picks up (labels, 48x48 grey, x/255, area resize, logits, the validation-fitted temperature),
-    so the export needs no flags beyond ``--calibration``."""
+    so the export needs no flags beyond ``--calibration``. The architecture names the release:
+    feredge-fer-v2, feredge-fer-v3."""
     import shutil
 
     from feredge.edge.contract import Contract, InputSpec, Normalize, OutputSpec
 
+    name = f"feredge-fer-{config.arch}"
     model = out / f"{name}.keras"
     shutil.copyfile(out / "best.keras", model)
     hint = Contract(
