@@ -4,6 +4,9 @@ Per model, on the FER2013 PublicTest faces, in one run:
 - **user route**: the TFLite converter's plain full-integer int8 (what its documentation shows),
   calibrated on the same 500 training faces, fed the model's own normalisation;
 - **onnxruntime defaults**: ``quantize_static`` with its default options on the fp32 ONNX;
+- **third-party quantisers**, where installed (``pip install nncf ai-edge-quantizer``; not feredge
+  dependencies): ai-edge-quantizer's ``static_wi8_ai8`` recipe (min-max and OCTAV) on the float
+  TFLite, and nncf's ``quantize`` (mixed preset, full bias correction) on the fp32 ONNX;
 - **feredge**: ``feredge export`` with its defaults (int8 TFLite and int8 ONNX), and with
   ``--ablate``, the same export without each lever (``--no-fold``, ``--selection-samples 0``,
   ``--onnx-calibration minmax``).
@@ -77,6 +80,82 @@ def _ort_defaults(model, hwc, x_cal: np.ndarray, x_test: np.ndarray, activation:
     return probabilities(raw, activation, 1.0)
 
 
+def _run_tflite(path: Path, x: np.ndarray) -> np.ndarray:
+    """Raw outputs of any TFLite file, quantising the input and dequantising the output if int8."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    di, do = it.get_input_details()[0], it.get_output_details()[0]
+    outs = []
+    for i in range(len(x)):
+        xi = x[i:i + 1]
+        if di["dtype"] != np.float32:
+            s, z = di["quantization"]
+            xi = np.clip(np.round(xi / s + z), -128, 127).astype(di["dtype"])
+        it.set_tensor(di["index"], xi)
+        it.invoke()
+        o = it.get_tensor(do["index"])
+        if do["dtype"] != np.float32:
+            s, z = do["quantization"]
+            o = (o.astype(np.float32) - z) * s
+        outs.append(o)
+    return np.concatenate(outs)
+
+
+def _third_party(model, hwc, x_cal: np.ndarray, x_test: np.ndarray, tmp: Path) -> dict[str, np.ndarray | str]:
+    """ai-edge-quantizer and nncf, each with the same calibration faces; raw outputs per route,
+    or why a route did not run."""
+    out: dict[str, np.ndarray | str] = {}
+    try:
+        import tensorflow as tf
+        from ai_edge_quantizer import quantizer, recipe
+        from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    except ImportError:
+        out["ai-edge-quantizer"] = "not installed"
+    else:
+        fp = tmp / "aeq-float.tflite"
+        fp.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+        from ai_edge_litert.interpreter import Interpreter
+
+        sig = Interpreter(model_path=str(fp)).get_signature_list()
+        key = next(iter(sig))
+        name = sig[key]["inputs"][0]
+        for alg in ("MIN_MAX_UNIFORM_QUANT", "OCTAV"):
+            q = quantizer.Quantizer(str(fp))
+            q.load_quantization_recipe(recipe.static_wi8_ai8(getattr(AlgorithmName, alg)))
+            calib = q.calibrate({key: [{name: x_cal[i:i + 1]} for i in range(len(x_cal))]}, num_threads=1)
+            dest = tmp / f"aeq-{alg}.tflite"
+            q.quantize(calib, enable_progress_report=False).export_model(dest, overwrite=True)
+            out[f"ai-edge-quantizer static_wi8_ai8 {alg.split('_')[0].lower()}"] = _run_tflite(dest, x_test)
+    try:
+        import nncf
+        import onnx
+        import onnxruntime as ort
+    except ImportError:
+        out["nncf"] = "not installed"
+    else:
+        from feredge.export.convert.onnx import convert_fp32
+
+        fp32 = tmp / "nncf-fp32.onnx"
+        convert_fp32(model, hwc, fp32)
+        ds = nncf.Dataset([x_cal[i:i + 1] for i in range(len(x_cal))], lambda x: {"input": x})
+        q = nncf.quantize(onnx.load(str(fp32)), ds, preset=nncf.QuantizationPreset.MIXED, subset_size=len(x_cal),
+                          fast_bias_correction=False)
+        label = "nncf quantize (mixed, bias correction)"
+        try:
+            sess = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
+            raw = np.concatenate([sess.run(None, {"input": x_test[i:i + 256]})[0] for i in range(0, len(x_test), 256)])
+        except Exception:  # per-channel activation zero points: onnxruntime's int8 kernels refuse them
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            sess = ort.InferenceSession(q.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            raw = np.concatenate([sess.run(None, {"input": x_test[i:i + 256]})[0] for i in range(0, len(x_test), 256)])
+            label += ", simulated in float: onnxruntime's int8 kernels cannot run it"
+        out[label] = raw
+    return out
+
+
 def _feredge(path: str, norm: str | None, tmp: Path, extra: list[str]) -> dict[str, dict[str, float]]:
     from feredge.export.api import ExportOptions, export_model
 
@@ -129,6 +208,9 @@ def bench_model(spec: str, ablate: bool) -> dict:
         t = time.perf_counter()
         res["user_tflite"] = _agree(_user_tflite(view, x_cal, x_test, activation), ref)
         res["ort_defaults"] = _agree(_ort_defaults(view, hwc, x_cal, x_test, activation, Path(tmp)), ref)
+        for label, raw in _third_party(view, hwc, x_cal, x_test, Path(tmp)).items():
+            res.setdefault("third_party", {})[label] = (
+                raw if isinstance(raw, str) else _agree(probabilities(raw, activation, 1.0), ref))
         res["baselines_seconds"] = round(time.perf_counter() - t, 1)
         res["feredge"] = _feredge(path, norm, Path(tmp) / "f", [])
         if ablate:
@@ -161,11 +243,15 @@ def main() -> int:
         print(f"\n{r['model']} ({r['faces']} PublicTest faces): top-1 agreement with the desktop model, mean |dp|")
         rows = [("TFLite converter, plain full int8", r["user_tflite"]), ("onnxruntime quantize_static defaults",
                                                                           r["ort_defaults"])]
+        rows += [(label, m) for label, m in r.get("third_party", {}).items() if not isinstance(m, str)]
         for key in [k for k in r if k.startswith("feredge")]:
             for fmt in ("tflite", "onnx"):
                 rows.append((f"{key} int8 {fmt.upper() if fmt == 'onnx' else 'TFLite'}", r[key][fmt]))
         for label, m in rows:
             print(f"  {label:<52} {100 * m['agreement']:6.2f} %   {m['mean_abs_dp']:.4f}")
+        for label, m in r.get("third_party", {}).items():
+            if isinstance(m, str):
+                print(f"  {label:<52} {m}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -102,7 +102,8 @@ def test_fer_int8_agrees_with_desktop(fer_export: Path):
     assert how["final"]["mean_abs_dp"] <= how["scores"]["minmax"]["mean_abs_dp"]  # never worse than min-max
     diag = how["diagnosis"]
     assert diag["findings"] and diag["int16"]["agreement"] > how["final"]["agreement"]
-    assert r["artifacts"]["emotion_model.int8.onnx"]["int8"]["input_folded"] is True
+    onnx_how = r["artifacts"]["emotion_model.int8.onnx"]["int8"]
+    assert onnx_how["input_folded"] is True and f"{onnx_how['method']}+bias" in onnx_how["scores"]
     # The desktop model is a real FER2013 classifier (~58-66 % accuracy), so labels were mapped by name.
     assert 0.5 < r["desktop_accuracy"] < 0.8
     md = (fer_export / "export-report.md").read_text()
@@ -538,6 +539,51 @@ def test_model_that_rescales_its_own_input_defaults_to_raw(tiny, tmp_path: Path)
     assert (c.input.normalize.scale, c.input.normalize.offset) == (1.0, 0.0)
     r = json.loads((out / "export-report.json").read_text())
     assert any("rescales its own input" in w for w in r["warnings"])
+
+
+def test_onnx_bias_correction_takes_out_the_mean_error(tmp_path: Path):
+    """Issue 22: the int8 ONNX's int32 biases move by each Conv's measured mean error (op after
+    op, each measured after the ones before it were corrected), so on the faces it was measured on
+    the last Conv's per-channel mean error is all but gone, and the model still runs integer ops."""
+    import keras
+    import onnx
+    import onnxruntime as ort
+
+    from feredge.export.convert.biascorr import correct_onnx
+    from feredge.export.convert.onnx import convert_fp32, quantize_int8
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 1))
+    # the first Conv has a bias (and a fused ReLU), the second none: tf2onnx drops zero biases
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", bias_initializer="random_normal")(inp)
+    x = keras.layers.Conv2D(8, 3, padding="same")(x)
+    m = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    fp32, q8, fixed = tmp_path / "m.onnx", tmp_path / "m.int8.onnx", tmp_path / "m.fixed.onnx"
+    convert_fp32(m, (16, 16, 1), fp32)
+    rng = np.random.default_rng(0)
+    faces = rng.random((100, 16, 16, 1), dtype=np.float32)
+    quantize_int8(fp32, q8, faces)
+    fixed.write_bytes(correct_onnx(q8, fp32, faces))
+
+    def conv_outputs(path: Path) -> np.ndarray:
+        g = onnx.load(str(path))
+        conv = [n for n in g.graph.node if n.op_type == "Conv"][-1].output[0]
+        name = conv if path == fp32 else conv + "_DequantizeLinear_Output"
+        g.graph.output.extend([onnx.helper.make_empty_tensor_value_info(name)])
+        s = ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"])
+        return s.run([name], {"input": faces})[0]
+
+    ref = conv_outputs(fp32)
+
+    def channel_bias(path: Path) -> float:
+        return float(np.abs((conv_outputs(path) - ref).mean(axis=(0, 2, 3))).mean())
+
+    before, after = channel_bias(q8), channel_bias(fixed)
+    assert after < 0.2 * before, (before, after)
+    fused = ort.SessionOptions()
+    fused.optimized_model_filepath = str(tmp_path / "fused.onnx")
+    ort.InferenceSession(str(fixed), fused, providers=["CPUExecutionProvider"])
+    assert [n.op_type for n in onnx.load(fused.optimized_model_filepath).graph.node].count("QLinearConv") == 2
 
 
 @pytest.mark.parametrize("padding, folds", [("valid", True), ("same", False)])

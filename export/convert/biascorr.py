@@ -13,6 +13,7 @@ float output is positive, the region where clipped and unclipped outputs agree.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -81,3 +82,88 @@ def correct(quantized: bytes, calibrated: bytes, x: np.ndarray) -> bytes:
         data = pack(model, len(data))
         model = schema.ModelT.InitFromPackedBuf(data, 0)
     return data
+
+
+def _onnx_outputs(model, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """Some tensors' values on the faces ``x`` from one onnxruntime pass (optimisations on, so
+    an int8 QDQ model runs the real integer kernels)."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in have)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    step = 1 if isinstance(inp.shape[0], int) else 100
+    parts = [sess.run(names, {inp.name: x[i:i + step].astype(np.float32)}) for i in range(0, len(x), step)]
+    return {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(names)}
+
+
+def correct_onnx(quantized: Path, fp32: Path, x: np.ndarray) -> bytes:
+    """The int8 QDQ ONNX ``quantized`` with each Conv's int32 bias moved by its measured mean
+    error against ``fp32`` (same method as :func:`correct`); returns the model's bytes.
+
+    Each Conv's output ``T`` feeds a QuantizeLinear; its DequantizeLinear twin
+    ``T_DequantizeLinear_Output`` is what the next op reads in the int8 model, ``T`` the float
+    model's value. A Conv without bias (tf2onnx drops zero biases) gets an int32 one, on the
+    scale onnxruntime's integer Conv expects (input scale x weight scale), so it stays integer."""
+    import onnx
+    from onnx import numpy_helper
+
+    model, ref_model = onnx.load(str(quantized)), onnx.load(str(fp32))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    float_names = {o for n in ref_model.graph.node for o in n.output}
+    targets = []
+    for n in g.node:
+        q_out = n.output[0] + "_DequantizeLinear_Output"
+        if n.op_type == "Conv" and n.output[0] in float_names and q_out in producer:
+            dq = _bias_dequantize(n, producer, inits, g)
+            if dq is not None:
+                targets.append((n.output[0], q_out, dq))
+    refs = _onnx_outputs(ref_model, x, [t[0] for t in targets])
+    for name, q_out, dq in targets:
+        ref = np.moveaxis(refs.pop(name), 1, -1)  # NCHW -> channels last
+        got = np.moveaxis(_onnx_outputs(model, x, [q_out])[q_out], 1, -1)
+        ch = ref.shape[-1]
+        active = (ref > 0) if ref.min() >= 0 else np.ones_like(ref, dtype=bool)
+        err = ((got - ref) * active).reshape(-1, ch).sum(0) / np.maximum(active.reshape(-1, ch).sum(0), 1)
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+        q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64) - np.round(err / scale).astype(np.int64)
+        inits[dq.input[0]].CopyFrom(numpy_helper.from_array(q.astype(np.int32), dq.input[0]))
+    return model.SerializeToString()
+
+
+def _bias_dequantize(conv, producer: dict, inits: dict, g):
+    """The DequantizeLinear that gives ``conv`` its int32 bias, made (zero) when it has none;
+    None when the Conv's inputs are not dequantised initializers (not an integer Conv)."""
+    from onnx import helper, numpy_helper
+
+    if len(conv.input) > 2 and conv.input[2]:
+        dq = producer.get(conv.input[2])
+        ok = dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits
+        return dq if ok else None
+    x_dq, w_dq = producer.get(conv.input[0]), producer.get(conv.input[1])
+    if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
+        return None
+    if x_dq.input[1] not in inits or w_dq.input[1] not in inits:
+        return None
+    s_w = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64).reshape(-1)
+    s = (float(numpy_helper.to_array(inits[x_dq.input[1]])) * s_w).astype(np.float32)
+    out_ch = numpy_helper.to_array(inits[w_dq.input[0]]).shape[0] if w_dq.input[0] in inits else len(s)
+    s = np.broadcast_to(s, (out_ch,)).copy()
+    base = conv.output[0] + "_feredge_bias"
+    for arr, name in ((np.zeros(out_ch, np.int32), base + "_quantized"), (s, base + "_scale"),
+                      (np.zeros(out_ch, np.int32), base + "_zero_point")):
+        g.initializer.append(numpy_helper.from_array(arr, name))
+        inits[name] = g.initializer[-1]  # protobuf appends a copy: keep the graph's own
+    dq = helper.make_node("DequantizeLinear", [base + "_quantized", base + "_scale", base + "_zero_point"],
+                          [base], name=base + "_DequantizeLinear", axis=0)
+    g.node.insert(list(g.node).index(conv), dq)
+    conv.input.append(base)
+    return dq
