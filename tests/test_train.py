@@ -131,3 +131,36 @@ def test_distillation_mixes_the_label_with_the_flip_averaged_teachers(tiny_fer: 
     assert release.name == "feredge-fer-v3.keras"
     hint = Contract.load(release.with_suffix(".json"))
     assert hint.name == "feredge-fer-v3" and hint.provenance["training"]["config"]["teacher"].endswith("t.keras")
+
+
+def test_final_fit_trains_on_every_face_and_keeps_the_validation_runs_temperature(tiny_fer: Path, tmp_path: Path,
+                                                                                    capsys):
+    import keras
+
+    from feredge.export.train.arch import build_model
+
+    out = tmp_path / "final"
+    rc = main(["train", "--data", str(tiny_fer), "--out", str(out), "--epochs", "2", "--batch-size", "16",
+               "--width", "4", "--warmup-epochs", "1", "--val-fraction", "0", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "--temperature" in err[0] and not out.exists()
+    rc = main(["train", "--data", str(tiny_fer), "--out", str(out), "--epochs", "2", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and "--warmup-epochs (5)" in err[0] and not out.exists()
+    rc = main(["train", "--data", str(tiny_fer), "--out", str(out), "--epochs", "2", "--batch-size", "16",
+               "--width", "4", "--warmup-epochs", "1", "--val-fraction", "0", "--temperature", "1.25", "-q"])
+    assert rc == 0
+    split = np.load(out / "split.npz")
+    assert len(split["train"]) == 70 and len(split["val"]) == 0  # every face trains
+    hint = Contract.load(out / "feredge-fer-v2.json")
+    assert hint.output.temperature == 1.25
+    assert hint.provenance["training"]["val_accuracy"] is None
+    assert "final fit" in hint.provenance["training"]["temperature_fitted_on"]
+    # the release is the last epoch's EMA weights, not the raw ones
+    last = keras.models.load_model(out / "last.keras")
+    release = build_model(4)
+    release.load_weights(out / "best.weights.h5")
+    ema = np.array(last.optimizer._model_variables_moving_average[0])
+    assert np.allclose(release.trainable_variables[0].numpy(), ema)
+    assert not np.allclose(ema, last.trainable_variables[0].numpy())
+    assert (out / "curves.png").is_file()

@@ -7,8 +7,9 @@ logits; a temperature fitted on the validation part goes into the contract so th
 softmax(z/T) is calibrated.
 
 The recipe never reads the test part: model selection uses a seeded, stratified validation
-part of the training data. Every epoch is checkpointed (``--resume`` continues), and the
-curves are written as CSV and PNG.
+part of the training data. A final fit (``--val-fraction 0``) then trains on every training face
+for the epoch count the validation run settled, and keeps that run's temperature. Every epoch is
+checkpointed (``--resume`` continues), and the curves are written as CSV and PNG.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class TrainConfig:
     warmup_epochs: int = 5
     label_smoothing: float = 0.1
     ema_momentum: float = 0.999  # per step: ~1,000 steps (2.5 epochs) of averaging
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # 0: the final fit on every training face (fixed epochs, no selection)
     seed: int = 0
     width: int = 32  # channels of the first block; blocks double it
     # augmentation (one affine warp per face, so the face is interpolated once)
@@ -65,6 +66,8 @@ class TrainConfig:
     # (1 - distill_alpha) * the smoothed label + distill_alpha * softmax(mean teacher logits)
     teacher: str = ""
     distill_alpha: float = 0.5
+    # final fit only (val_fraction 0): the temperature fitted by the validation run of the same recipe
+    temperature: float = 0.0
 
 
 def load_fer_arrays(data_dir: Path, part: str, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +241,12 @@ def _callbacks(cfg: TrainConfig, out: Path, started: float, resume: bool, bn_fac
             logs = logs if logs is not None else {}
             logs["epoch_seconds"] = round(time.monotonic() - self.t0, 1)
             logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            if logs.get("val_accuracy", -1.0) > self.best:
+            if "val_accuracy" not in logs:  # a final fit: the release is the last epoch's EMA weights
+                self.best_epoch = epoch + 1
+                with ema_weights(self.model):
+                    recalibrate_bn(self.model, bn_faces)
+                    self.model.save_weights(out / "best.weights.h5")
+            elif logs["val_accuracy"] > self.best:
                 self.best, self.best_epoch = float(logs["val_accuracy"]), epoch + 1
                 with ema_weights(self.model):
                     self.model.save_weights(out / "best.weights.h5")
@@ -284,8 +292,12 @@ def _run_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
 
 
 def _split(out: Path, y: np.ndarray, cfg: TrainConfig, resume: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The seeded, stratified train/validation split, saved with the run and checked on resume."""
-    tr, va = stratified_split(y, cfg.val_fraction, cfg.seed)
+    """The seeded, stratified train/validation split, saved with the run and checked on resume
+    (a final fit: every face, no validation part)."""
+    if cfg.val_fraction > 0:
+        tr, va = stratified_split(y, cfg.val_fraction, cfg.seed)
+    else:
+        tr, va = np.arange(len(y)), np.array([], dtype=np.int64)
     split_path = out / "split.npz"
     if resume and split_path.is_file():
         z = np.load(split_path)
@@ -327,7 +339,7 @@ def _fit(model, cfg: TrainConfig, session: _Session, data: tuple[np.ndarray, np.
         train_ds = train_ds.map(lambda a, b: (a, targets(a, b)))
     train_ds = train_ds.prefetch(2)
     tf.random.set_global_generator(tf.random.Generator.from_seed(stream))
-    val_ds = tf.data.Dataset.from_tensor_slices((xf[va], y1h[va])).batch(256)
+    val_ds = tf.data.Dataset.from_tensor_slices((xf[va], y1h[va])).batch(256) if len(va) else None
     # a fixed sample of clean training faces for the BN statistics of the EMA weights
     bn_idx = np.random.default_rng(cfg.seed).choice(tr, size=min(len(tr), 2048), replace=False)
     callbacks = _callbacks(cfg, out, time.monotonic(), resume, xf[np.sort(bn_idx)])
@@ -402,7 +414,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
 
 
 def finish(cfg: TrainConfig, out: Path, xv: np.ndarray, yv: np.ndarray, *, train_size: int) -> Path:
-    """The selected (EMA) weights in a float32 model, its validation temperature, the release."""
+    """The selected (EMA) weights in a float32 model, its validation temperature, the release.
+    A final fit has no validation faces: its temperature is the validation run's (``cfg.temperature``)."""
     import keras
 
     from feredge.export.evaluate.scoring import fit_temperature
@@ -411,20 +424,24 @@ def finish(cfg: TrainConfig, out: Path, xv: np.ndarray, yv: np.ndarray, *, train
     best = ARCHITECTURES[cfg.arch](cfg.width, len(FER2013_LABELS))
     best.load_weights(out / "best.weights.h5")
     best.save(out / "best.keras")
-    logits = best.predict(xv, batch_size=256, verbose=0)
-    temperature = float(fit_temperature(logits, yv))
-    val_acc = float((logits.argmax(1) == yv).mean())
+    if len(yv):
+        logits = best.predict(xv, batch_size=256, verbose=0)
+        temperature = float(fit_temperature(logits, yv))
+        val_acc: float | None = float((logits.argmax(1) == yv).mean())
+    else:
+        temperature, val_acc = cfg.temperature, None
     state = json.loads((out / "state.json").read_text())
     atomic_write_text(out / "selection.json", json.dumps(
         {"val_accuracy": val_acc, "best_epoch": state.get("best_epoch"), "temperature": temperature,
          "val_size": len(yv), "train_size": train_size, "params": int(best.count_params()),
          "config": asdict(cfg)}, indent=2))
     plot_history(out / "history.csv", out / "curves.png")
-    log.info("best val accuracy %.4f (epoch %s), temperature %.3f", val_acc, state.get("best_epoch"), temperature)
+    log.info("selected epoch %s (validation accuracy %s), temperature %.3f", state.get("best_epoch"),
+             "none: final fit" if val_acc is None else f"{val_acc:.4f}", temperature)
     return write_release(out, temperature=temperature, val_accuracy=val_acc, config=cfg)
 
 
-def write_release(out: Path, *, temperature: float, val_accuracy: float, config: TrainConfig) -> Path:
+def write_release(out: Path, *, temperature: float, val_accuracy: float | None, config: TrainConfig) -> Path:
     """``<name>.keras`` plus ``<name>.json`` beside it: the contract hint ``feredge export``
     picks up (labels, 48x48 grey, x/255, area resize, logits, the validation-fitted temperature),
     so the export needs no flags beyond ``--calibration``. The architecture names the release:
@@ -442,9 +459,11 @@ def write_release(out: Path, *, temperature: float, val_accuracy: float, config:
         input=InputSpec(height=48, width=48, channels=1, color="gray", resize="area",
                         normalize=Normalize(1.0 / 255.0, 0.0), face_margin=0.0),
         output=OutputSpec(activation="logits", temperature=round(float(temperature), 4)),
-        provenance={"training": {"recipe": "feredge train", "config": asdict(config),
-                                 "val_accuracy": round(val_accuracy, 4),
-                                 "temperature_fitted_on": "validation part (seeded, stratified)"}},
+        provenance={"training": {
+            "recipe": "feredge train", "config": asdict(config),
+            "val_accuracy": None if val_accuracy is None else round(val_accuracy, 4),
+            "temperature_fitted_on": "validation part (seeded, stratified)" if val_accuracy is not None
+            else "the validation run of the same recipe (final fit on every training face)"}},
     ).validate()
     hint.save(out / f"{name}.json")
     return model
@@ -465,7 +484,8 @@ def plot_history(csv_path: Path, png: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for key, a in (("loss", ax[0]), ("accuracy", ax[1])):
         a.plot(ep, [float(r[key]) for r in rows], label=f"train {key}")
-        a.plot(ep, [float(r["val_" + key]) for r in rows], label=f"val {key}")
+        if rows[0].get("val_" + key, "NA") != "NA":  # Keras' CSVLogger writes NA without validation
+            a.plot(ep, [float(r["val_" + key]) for r in rows], label=f"val {key}")
         a.set_xlabel("epoch")
         a.legend()
         a.grid(alpha=0.3)
@@ -481,6 +501,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--warmup-epochs", type=int, default=TrainConfig.warmup_epochs,
+                   help="linear warm-up to --lr before the cosine decay")
     p.add_argument("--width", type=int, default=TrainConfig.width)
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), default=TrainConfig.arch,
                    help="network: v2 (the shipped VGG-style, ~96 M MACs) or v3 (the cheaper residual candidate)")
@@ -494,18 +516,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="distil from these releases (their flip-averaged logits on each augmented face)")
     p.add_argument("--distill-alpha", type=float, default=TrainConfig.distill_alpha,
                    help="weight of the teachers' probabilities in the target (the label gets the rest)")
+    p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
+                   help="the validation part; 0 = the final fit on every face, for the epochs the "
+                        "validation run settled (then --temperature is required)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="final fit only: the temperature of the validation run (its selection.json)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out (its schedule and augmentation are kept from state.json)")
     p.add_argument("--quiet", "-q", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      width=args.width, arch=args.arch, seed=args.seed, precision=args.precision,
-                      time_budget_min=args.time_budget_min, threads=args.threads, teacher=args.teacher,
-                      distill_alpha=args.distill_alpha)
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
     if not 0.0 <= cfg.distill_alpha <= 1.0:
         raise ExportError(f"--distill-alpha must be between 0 and 1, got {cfg.distill_alpha}")
+    if not 0 <= cfg.warmup_epochs < cfg.epochs and not args.resume:
+        raise ExportError(f"--epochs ({cfg.epochs}) must exceed --warmup-epochs ({cfg.warmup_epochs})")
+    if not 0.0 <= cfg.val_fraction < 0.5:
+        raise ExportError(f"--val-fraction must be at least 0 and below 0.5, got {cfg.val_fraction}")
+    if cfg.val_fraction == 0 and not args.resume and not cfg.temperature > 0:
+        raise ExportError("a final fit (--val-fraction 0) has no validation part to fit the temperature on: "
+                          "pass --temperature T of the validation run (its selection.json)")
     release = train(cfg, resume=args.resume, progress=not args.quiet)
     if release is None:
         state = json.loads((Path(cfg.out) / "state.json").read_text())
