@@ -91,7 +91,8 @@ def test_fer_int8_agrees_with_desktop(fer_export: Path):
     assert tfl["n"] == 3589
     # Issue 22: 96.29 % (TFLite) and 95.79 % (ONNX) with the earlier defaults; pixel-exact input,
     # selected ranges and bias correction (TFLite), folding, U8U8 and percentile (ONNX) measured
-    # 97.07 % and 97.02 %. The 98 % target is not reached: the report must then say why.
+    # 97.07 % and 97.02 % (96.85 % with the ONNX bias correction, which the selection faces keep).
+    # The 98 % target is not reached: the report must then say why.
     assert tfl["agreement"] >= 0.968
     assert tfl["agreement_margin"] >= tfl["agreement"]  # flips concentrate on near-ties
     assert tfl["agreement_margin"] >= 0.995 and tfl["n_margin"] > 2000

@@ -28,8 +28,9 @@ REPAIRS = {
     "cnn_lstm": "recurrent layer over a fixed sequence unrolled into plain ops",
     "locally_connected": "layers Keras 3 dropped: loaded by tf_keras",
 }
-# Measured with issue 22's defaults on these 500 faces: TFLite 98.0-98.8 %, int8 ONNX 97.4-98.8 %.
-MIN_AGREEMENT = 0.97
+# Measured with issue 22's defaults on these 500 faces: TFLite 97.8-98.8 %, int8 ONNX 97.0-99.2 %
+# (one face is 0.2 pp; the selection faces decide each lever, so a fixture can move by a few faces).
+MIN_AGREEMENT = 0.965
 
 
 @pytest.fixture(scope="module")

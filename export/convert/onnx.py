@@ -245,8 +245,9 @@ def convert(job: ConvertJob) -> list[Artifact]:
 
 def _best_int8(job: ConvertJob, f_onnx: Path, dest: Path) -> tuple[dict[str, Any], list[str]]:
     """The int8 QDQ model of the calibration method that agrees best on the selection faces
-    (``--onnx-calibration auto``: minmax or percentile), then bias-corrected when that agrees
-    better still (as for the TFLite), moved to ``dest``; (choice, op types)."""
+    (``--onnx-calibration auto``: minmax or percentile), then bias-corrected where that is
+    :func:`~feredge.export.convert.biascorr.worth_keeping` (as for the TFLite), moved to ``dest``;
+    (choice, op types)."""
     from feredge.export.convert import biascorr
     from feredge.export.evaluate import runners
     from feredge.export.progress import progress_bar
@@ -272,14 +273,14 @@ def _best_int8(job: ConvertJob, f_onnx: Path, dest: Path) -> tuple[dict[str, Any
             else:
                 cand.unlink()
         assert best is not None
-        key, method, cand, int8_ops = best
+        _, method, cand, int8_ops = best
         corrected = False
         if selection is not None:
             fixed = cand.with_name(f".{name}.{method}+bias.int8.onnx")
             fixed.write_bytes(biascorr.correct_onnx(cand, f_onnx, job.x_cal[:200]))
             scores[f"{method}+bias"] = sc = selection.compare(runners.run_onnx(fixed, job.contract, selection.x))
             bar.update(1)
-            if (sc["mean_abs_dp"], -sc["agreement"]) < key:
+            if biascorr.worth_keeping(sc, scores[method]):
                 fixed.replace(cand)
                 corrected = True
             else:

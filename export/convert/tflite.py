@@ -410,7 +410,7 @@ def convert_int8(
         choice.scores[f"{choice.strategy}+bias"] = sc
         if progress_cb is not None:
             progress_cb(1)
-        if (sc["mean_abs_dp"], -sc["agreement"]) < best[0]:
+        if biascorr.worth_keeping(sc, choice.final):
             data, choice.bias_corrected, choice.final = corrected, True, sc
     info = verify_int8(data)
     log.debug("int8 TFLite: %d ops, %d bytes, ranges %s", len(info.ops), len(data), choice.strategy)
