@@ -165,7 +165,6 @@ def main() -> None:
     contract.save(models / f"{name}.json")
     write_calibration_list(fer2013, contract, ROOT / "calibration_data" / f"{name}.txt")
     release_to_package(models, name)
-    metrics["name"] = name
     card = render(metrics, tfl["per_class"], contract)
     (models / "MODEL_CARD.md").write_text(card)
     print(card)
@@ -175,30 +174,37 @@ def pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f} %"
 
 
-def train_command(cfg: dict, name: str) -> str:
-    """The ``feredge train`` line that reproduces the release, from the config it carries."""
+def train_command(cfg: dict) -> str:
+    """The ``feredge train`` line that reproduces the release: every setting of its config that
+    differs from the recipe's default (the architecture, epochs and seed always)."""
+    from dataclasses import fields
+
     from feredge.export.train.recipe import TrainConfig
 
-    flags = {"arch": "--arch", "epochs": "--epochs", "seed": "--seed", "precision": "--precision",
-             "teacher": "--teacher", "distill_alpha": "--distill-alpha", "val_fraction": "--val-fraction",
-             "temperature": "--temperature"}
     defaults = TrainConfig(data="")
-    parts = ["feredge train --data ../shared/fer2013 --out training/resume"]
-    for key, flag in flags.items():
-        v = cfg.get(key)
-        if key in ("arch", "epochs", "seed") or (v not in (None, "") and v != getattr(defaults, key)):
-            if key == "distill_alpha" and not cfg.get("teacher"):
-                continue
-            parts.append(f"{flag} {v}")
-    return " \\\n    ".join([" ".join(parts[:4]), *[" ".join(parts[i:i + 2]) for i in range(4, len(parts), 2)]])
+    skip = {"data", "out", "time_budget_min", "threads"}
+    parts = []
+    for f in fields(TrainConfig):
+        v = cfg.get(f.name, getattr(defaults, f.name))
+        if f.name in skip or (f.name not in ("arch", "epochs", "seed") and v == getattr(defaults, f.name)):
+            continue
+        parts.append(f"--{f.name.replace('_', '-')} {v}")
+    lines = ["feredge train --data ../shared/fer2013 --out training/resume"]
+    for p in parts:
+        if len(lines[-1]) + len(p) > 90:
+            lines.append("   ")
+        lines[-1] += " " + p
+    return " \\\n".join(lines)
 
 
-def targets_table(m: dict, t: dict, o: dict) -> str:
+def targets_table(m: dict, name: str) -> str:
     """Issue 23's targets for the default model, each with its measured figure."""
-    lat = m["latency_one_thread"][m["name"]]
+    t, o = m["artifacts"][f"{name}.int8.tflite"], m["artifacts"][f"{name}.int8.onnx"]
+    lat = m["latency_one_thread"][name]
+    top1 = m["float_accuracy"]
     checks = [
-        ("float top-1 ≥ 68.5 % (required minimum 67.5 %, stretch 70 %)", pct(m["float_accuracy"]),
-         m["float_accuracy"] >= 0.675),
+        ("float top-1 ≥ 68.5 % (stretch 70 %)", pct(top1), top1 >= 0.685),
+        ("float top-1 ≥ 67.5 %, the required minimum", pct(top1), top1 >= 0.675),
         ("per-face int8 inference ≤ 1.0× the fer mini-XCEPTION exported by feredge (side by side)",
          f"{lat['invoke_ratio']:.2f}×", lat["invoke_ratio"] <= 1.0),
         ("≤ 25 M multiply-adds", f"{m['macs'] / 1e6:.1f} M", m["macs"] <= 25_000_000),
@@ -241,7 +247,7 @@ def render(m: dict, per_class: dict, contract) -> str:
 
     name = contract.name
     a = m["artifacts"]
-    t, o = a[f"{name}.int8.tflite"], a[f"{name}.int8.onnx"]
+    t = a[f"{name}.int8.tflite"]
     tr = m["training"]
     cfg = contract.provenance.get("training", {}).get("config", {})
     lat, fer_lat = m["latency_one_thread"][name], m["latency_one_thread"]["fer"]
@@ -267,7 +273,7 @@ int8 accuracy in CI. The contract (`{name}.json`) carries the int8 figures
 ## Recipe
 
 ```sh
-{train_command(cfg, name)}
+{train_command(cfg)}
                                       # stopped? the same with --resume continues it
 feredge export training/resume/{name}.keras --calibration ../shared/fer2013 --out models
 python scripts/model_card.py          # parity report, latency vs fer, contract figures, this card,
@@ -313,7 +319,7 @@ Against the targets of the default model (issue 23):
 
 | target | measured | met |
 |---|---|---|
-{targets_table(m, t, o)}
+{targets_table(m, name)}
 
 Artifacts against the desktop model (ECE with the contract's temperature, 15 bins; the desktop
 model's own ECE is {m["float_ece"]:.4f}):

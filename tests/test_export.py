@@ -642,3 +642,33 @@ def test_int16_activations_write_a_16x8_copy_the_device_and_parity_run(tiny, tmp
     assert rc == 0
     cand = json.loads((tmp_path / "p" / "report.json").read_text())["candidates"][0]
     assert cand["kind"] == "16x8 tflite" and cand["int8"] is True
+
+
+def test_a_failed_bias_correction_keeps_the_uncorrected_copy(tiny, tmp_path: Path, capsys, caplog, monkeypatch):
+    """A graph the bias correction cannot handle costs the correction, not the export: one warning
+    line each, the uncorrected int8 copies kept, and no traceback."""
+    from feredge.export.convert import biascorr
+
+    def refuse(*_args, **_kw):
+        raise RuntimeError("graph it cannot handle")
+
+    monkeypatch.setattr(biascorr, "correct", refuse)
+    monkeypatch.setattr(biascorr, "correct_onnx", refuse)
+    data = tmp_path / "calib"  # enough faces beyond the calibration sample for selection faces (50+)
+    for k in range(98):
+        folder = data / ("train" if k < 84 else "test") / FOLDERS[k % 7]
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{k}.png"), _face(k))
+    out = tmp_path / "e"
+    rc = main(["export", str(tiny["rgb"]), "--calibration", str(data), "--samples", "20",
+               "--labels", ",".join(FER2013_LABELS), "--name", "m", "--out", str(out)])
+    assert rc == 0 and "Traceback" not in capsys.readouterr().err
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned.count("ONNX bias correction skipped: RuntimeError: graph it cannot handle") == 1
+    assert warned.count("int8 TFLite bias correction skipped: RuntimeError: graph it cannot handle") == 1
+    r = json.loads((out / "export-report.json").read_text())
+    for name in ("m.int8.tflite", "m.int8.onnx"):
+        how = r["artifacts"][name]["int8"]
+        assert how["bias_corrected"] is False and not any(k.endswith("+bias") for k in how["scores"])
+        assert r["artifacts"][name]["metrics"]["agreement"] > 0
+    assert not list(out.glob(".*"))  # no candidate left behind

@@ -147,6 +147,12 @@ def test_final_fit_trains_on_every_face_and_keeps_the_validation_runs_temperatur
     rc = main(["train", "--data", str(tiny_fer), "--out", str(out), "--epochs", "2", "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "--warmup-epochs (5)" in err[0] and not out.exists()
+    for extra, says in ((["--val-fraction", "0", "--resume"], "--temperature"),  # --resume of no run: checked too
+                        (["--temperature", "1.2"], "is for a final fit")):
+        rc = main(["train", "--data", str(tiny_fer), "--out", str(out), "--epochs", "2", "--warmup-epochs", "1",
+                   "-q", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc != 0 and len(err) == 1 and says in err[0] and not out.exists(), err
     rc = main(["train", "--data", str(tiny_fer), "--out", str(out), "--epochs", "2", "--batch-size", "16",
                "--width", "4", "--warmup-epochs", "1", "--val-fraction", "0", "--temperature", "1.25", "-q"])
     assert rc == 0

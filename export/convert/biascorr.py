@@ -128,7 +128,7 @@ def correct_onnx(quantized: Path, fp32: Path, x: np.ndarray) -> bytes:
     producer = {o: n for n in g.node for o in n.output}
     float_names = {o for n in ref_model.graph.node for o in n.output}
     targets = []
-    for n in g.node:
+    for n in list(g.node):  # _bias_dequantize inserts nodes
         q_out = n.output[0] + "_DequantizeLinear_Output"
         if n.op_type == "Conv" and n.output[0] in float_names and q_out in producer:
             dq = _bias_dequantize(n, producer, inits, g)
@@ -143,6 +143,7 @@ def correct_onnx(quantized: Path, fp32: Path, x: np.ndarray) -> bytes:
         err = ((got - ref) * active).reshape(-1, ch).sum(0) / np.maximum(active.reshape(-1, ch).sum(0), 1)
         scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
         q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64) - np.round(err / scale).astype(np.int64)
+        q = np.clip(q, np.iinfo(np.int32).min, np.iinfo(np.int32).max)  # int32 must not wrap round
         inits[dq.input[0]].CopyFrom(numpy_helper.from_array(q.astype(np.int32), dq.input[0]))
     return model.SerializeToString()
 
@@ -159,11 +160,11 @@ def _bias_dequantize(conv, producer: dict, inits: dict, g):
     x_dq, w_dq = producer.get(conv.input[0]), producer.get(conv.input[1])
     if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
         return None
-    if x_dq.input[1] not in inits or w_dq.input[1] not in inits:
-        return None
+    if any(t not in inits for t in (x_dq.input[1], w_dq.input[0], w_dq.input[1])):
+        return None  # weights or scales computed at run time: not an integer Conv
     s_w = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64).reshape(-1)
     s = (float(numpy_helper.to_array(inits[x_dq.input[1]])) * s_w).astype(np.float32)
-    out_ch = numpy_helper.to_array(inits[w_dq.input[0]]).shape[0] if w_dq.input[0] in inits else len(s)
+    out_ch = numpy_helper.to_array(inits[w_dq.input[0]]).shape[0]
     s = np.broadcast_to(s, (out_ch,)).copy()
     base = conv.output[0] + "_feredge_bias"
     for arr, name in ((np.zeros(out_ch, np.int32), base + "_quantized"), (s, base + "_scale"),
@@ -173,5 +174,8 @@ def _bias_dequantize(conv, producer: dict, inits: dict, g):
     dq = helper.make_node("DequantizeLinear", [base + "_quantized", base + "_scale", base + "_zero_point"],
                           [base], name=base + "_DequantizeLinear", axis=0)
     g.node.insert(list(g.node).index(conv), dq)
-    conv.input.append(base)
+    if len(conv.input) > 2:  # an empty bias slot
+        conv.input[2] = base
+    else:
+        conv.input.append(base)
     return dq

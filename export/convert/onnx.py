@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from feredge.edge.contract import QuantParams
+from feredge.edge.errors import one_line
 from feredge.export.convert.formats import Artifact
 from feredge.export.errors import ExportError
 
@@ -248,7 +249,6 @@ def _best_int8(job: ConvertJob, f_onnx: Path, dest: Path) -> tuple[dict[str, Any
     (``--onnx-calibration auto``: minmax or percentile), then bias-corrected where that is
     :func:`~feredge.export.convert.biascorr.worth_keeping` (as for the TFLite), moved to ``dest``;
     (choice, op types)."""
-    from feredge.export.convert import biascorr
     from feredge.export.evaluate import runners
     from feredge.export.progress import progress_bar
 
@@ -276,14 +276,28 @@ def _best_int8(job: ConvertJob, f_onnx: Path, dest: Path) -> tuple[dict[str, Any
         _, method, cand, int8_ops = best
         corrected = False
         if selection is not None:
-            fixed = cand.with_name(f".{name}.{method}+bias.int8.onnx")
-            fixed.write_bytes(biascorr.correct_onnx(cand, f_onnx, job.x_cal[:200]))
-            scores[f"{method}+bias"] = sc = selection.compare(runners.run_onnx(fixed, job.contract, selection.x))
+            corrected = _bias_corrected(job, f_onnx, cand, scores, method)
             bar.update(1)
-            if biascorr.worth_keeping(sc, scores[method]):
-                fixed.replace(cand)
-                corrected = True
-            else:
-                fixed.unlink()
     cand.replace(dest)
     return {"method": method, "bias_corrected": corrected, "input_folded": False, "scores": scores}, int8_ops
+
+
+def _bias_corrected(job: ConvertJob, f_onnx: Path, cand: Path, scores: dict[str, Any], method: str) -> bool:
+    """``cand`` replaced by its bias-corrected twin where that is worth keeping. A graph the
+    correction cannot handle keeps the uncorrected model (a warning, not a failed export)."""
+    from feredge.export.convert import biascorr
+    from feredge.export.evaluate import runners
+
+    fixed = cand.with_name(f".{job.contract.name}.{method}+bias.int8.onnx")
+    try:
+        fixed.write_bytes(biascorr.correct_onnx(cand, f_onnx, job.x_cal[:200]))
+        scores[f"{method}+bias"] = sc = job.selection.compare(runners.run_onnx(fixed, job.contract, job.selection.x))
+    except Exception as e:  # onnxruntime/onnx raise their own types on graphs they refuse
+        log.warning("ONNX bias correction skipped: %s", one_line(e))
+        fixed.unlink(missing_ok=True)
+        return False
+    if biascorr.worth_keeping(sc, scores[method]):
+        fixed.replace(cand)
+        return True
+    fixed.unlink()
+    return False

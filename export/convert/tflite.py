@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from feredge.edge.contract import QuantParams
+from feredge.edge.errors import one_line
 from feredge.export.convert.formats import Artifact
 from feredge.export.convert.ranges import STRATEGIES
 from feredge.export.errors import ExportError
@@ -405,13 +406,18 @@ def convert_int8(
         _, choice.strategy, data, chosen = best
         choice.final = choice.scores[choice.strategy]
         choice.calibrated = ranges.with_ranges(calibrated, chosen) if chosen else calibrated
-        corrected = biascorr.correct(data, calibrated, calib_x[:200])
-        sc = selection.score(corrected)
-        choice.scores[f"{choice.strategy}+bias"] = sc
+        try:
+            corrected = biascorr.correct(data, calibrated, calib_x[:200])
+            sc = selection.score(corrected)
+        except Exception as e:  # the interpreter raises its own types on a model it refuses
+            log.warning("int8 TFLite bias correction skipped: %s", one_line(e))
+            corrected, sc = None, None
         if progress_cb is not None:
             progress_cb(1)
-        if biascorr.worth_keeping(sc, choice.final):
-            data, choice.bias_corrected, choice.final = corrected, True, sc
+        if sc is not None:
+            choice.scores[f"{choice.strategy}+bias"] = sc
+            if biascorr.worth_keeping(sc, choice.final):
+                data, choice.bias_corrected, choice.final = corrected, True, sc
     info = verify_int8(data)
     log.debug("int8 TFLite: %d ops, %d bytes, ranges %s", len(info.ops), len(data), choice.strategy)
     return data, info, choice

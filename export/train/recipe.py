@@ -526,17 +526,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+def check_config(cfg: TrainConfig) -> None:
+    """One-line errors for settings the run would only fail on later (or with a traceback)."""
     if not 0.0 <= cfg.distill_alpha <= 1.0:
         raise ExportError(f"--distill-alpha must be between 0 and 1, got {cfg.distill_alpha}")
-    if not 0 <= cfg.warmup_epochs < cfg.epochs and not args.resume:
+    if not 0 <= cfg.warmup_epochs < cfg.epochs:
         raise ExportError(f"--epochs ({cfg.epochs}) must exceed --warmup-epochs ({cfg.warmup_epochs})")
     if not 0.0 <= cfg.val_fraction < 0.5:
         raise ExportError(f"--val-fraction must be at least 0 and below 0.5, got {cfg.val_fraction}")
-    if cfg.val_fraction == 0 and not args.resume and not cfg.temperature > 0:
+    if cfg.val_fraction == 0 and not cfg.temperature > 0:
         raise ExportError("a final fit (--val-fraction 0) has no validation part to fit the temperature on: "
                           "pass --temperature T of the validation run (its selection.json)")
+    if cfg.val_fraction > 0 and cfg.temperature:
+        raise ExportError("--temperature is for a final fit (--val-fraction 0); with a validation part the "
+                          "temperature is fitted on it")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__})
+    check_config(_run_config(cfg, args.resume))  # a resumed run is checked as it will run
     release = train(cfg, resume=args.resume, progress=not args.quiet)
     if release is None:
         state = json.loads((Path(cfg.out) / "state.json").read_text())
