@@ -30,6 +30,14 @@ def worth_keeping(corrected: dict[str, float], before: dict[str, float]) -> bool
     return corrected["mean_abs_dp"] < before["mean_abs_dp"] and corrected["agreement"] >= before["agreement"]
 
 
+def _channel_error(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Each output channel's mean int8 error (channels last); where the op's ReLU is fused, only
+    where the float output is positive."""
+    ch = ref.shape[-1]
+    active = (ref > 0) if ref.min() >= 0 else np.ones_like(ref, dtype=bool)
+    return ((got - ref) * active).reshape(-1, ch).sum(0) / np.maximum(active.reshape(-1, ch).sum(0), 1)
+
+
 def _name(t) -> str:
     return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
 
@@ -78,9 +86,7 @@ def correct(quantized: bytes, calibrated: bytes, x: np.ndarray) -> bytes:
         out_name = _name(sg.tensors[op.outputs[0]])
         ref = refs.pop(out_name)
         got = _outputs(data, x, [out_name], integer=True)[out_name]  # after the ops before it were corrected
-        ch = ref.shape[-1]
-        active = (ref > 0) if ref.min() >= 0 else np.ones_like(ref, dtype=bool)
-        err = ((got - ref) * active).reshape(-1, ch).sum(0) / np.maximum(active.reshape(-1, ch).sum(0), 1)
+        err = _channel_error(got, ref)
         bias_t = sg.tensors[op.inputs[2]]
         scale = np.asarray(bias_t.quantization.scale, np.float64)
         buf = model.buffers[bias_t.buffer]
@@ -138,9 +144,7 @@ def correct_onnx(quantized: Path, fp32: Path, x: np.ndarray) -> bytes:
     for name, q_out, dq in targets:
         ref = np.moveaxis(refs.pop(name), 1, -1)  # NCHW -> channels last
         got = np.moveaxis(_onnx_outputs(model, x, [q_out])[q_out], 1, -1)
-        ch = ref.shape[-1]
-        active = (ref > 0) if ref.min() >= 0 else np.ones_like(ref, dtype=bool)
-        err = ((got - ref) * active).reshape(-1, ch).sum(0) / np.maximum(active.reshape(-1, ch).sum(0), 1)
+        err = _channel_error(got, ref)
         scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
         q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64) - np.round(err / scale).astype(np.int64)
         q = np.clip(q, np.iinfo(np.int32).min, np.iinfo(np.int32).max)  # int32 must not wrap round
