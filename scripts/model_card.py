@@ -260,7 +260,9 @@ def render(m: dict, per_class: dict, contract) -> str:
     anchors = "\n".join(f"| {n} | {acc} | {params} |" for n, acc, params in ANCHORS)
     teachers = (f" Distilled from {cfg['teacher'].replace(',', ' and ')}: the target mixes the label "
                 f"({1 - cfg.get('distill_alpha', 0.5):g}) with the teachers' flip-averaged probabilities on the very "
-                f"augmented face ({cfg.get('distill_alpha', 0.5):g}).") if cfg.get("teacher") else ""
+                f"augmented face ({cfg.get('distill_alpha', 0.5):g}); each face has {cfg.get('teacher_views', 32)} "
+                "fixed views, whose teacher logits are computed once, and the student sees one per epoch.") \
+        if cfg.get("teacher") else ""
     return f"""# Model card: {name}
 
 The default model of feredge: a compact CNN for 48x48 grey faces, trained on FER2013, shipped as

@@ -77,56 +77,77 @@ def _ema_values(path: Path) -> np.ndarray:
     return np.array(opt._model_variables_moving_average[0])
 
 
-def test_augmentation_is_identity_when_its_ranges_are_zero_and_bounded_otherwise():
+def test_augmentation_is_identity_when_its_ranges_are_zero_and_a_function_of_its_uniforms():
     import tensorflow as tf
 
-    from feredge.export.train.recipe import TrainConfig, augment_batch
+    from feredge.export.train.augment import augment, view_uniforms
+    from feredge.export.train.recipe import TrainConfig
 
     rng = np.random.default_rng(1)
-    x = rng.uniform(0, 1, (16, 48, 48, 1)).astype(np.float32)
+    x = tf.constant(rng.uniform(0, 1, (16, 48, 48, 1)).astype(np.float32))
+    u = tf.constant(view_uniforms(seed=0, view=3, n=16))
     still = TrainConfig(data="", rotate_deg=0, zoom=0, shift=0, erase_p=0)
-    still_out = augment_batch(tf.constant(x), still, seed=2).numpy()
+    still_out = augment(x, u, still).numpy()
     # only flips and brightness/contrast remain: each face equals itself or its mirror image up to an affine
     # change of intensity, which the per-image correlation sees as 1
-    for a, b in zip(x, still_out, strict=True):
+    for a, b in zip(x.numpy(), still_out, strict=True):
         r = max(np.corrcoef(a.ravel(), b.ravel())[0, 1], np.corrcoef(a[:, ::-1].ravel(), b.ravel())[0, 1])
         assert r > 0.95
-    moved = augment_batch(tf.constant(x), TrainConfig(data=""), seed=2).numpy()
+    moved = augment(x, u, TrainConfig(data="")).numpy()
     assert moved.shape == x.shape and moved.min() >= 0 and moved.max() <= 1
     assert not np.allclose(moved, still_out)
+    # a view is its uniforms: the same (seed, view) gives the same faces, another view other faces
+    assert np.array_equal(augment(x, tf.constant(view_uniforms(0, 3, 16)), TrainConfig(data="")).numpy(), moved)
+    assert not np.allclose(augment(x, tf.constant(view_uniforms(0, 4, 16)), TrainConfig(data="")).numpy(), moved)
 
 
-def test_distillation_mixes_the_label_with_the_flip_averaged_teachers(tiny_fer: Path, tmp_path: Path):
+def test_distillation_caches_the_teachers_flip_averaged_logits_per_view(tiny_fer: Path, tmp_path: Path):
     import keras
     import tensorflow as tf
 
     from feredge.export.errors import ExportError
-    from feredge.export.train.recipe import TrainConfig, load_teachers, teacher_targets, train
+    from feredge.export.train.augment import augment, view_uniforms
+    from feredge.export.train.recipe import TrainConfig, load_fer_arrays, train
+    from feredge.export.train.teach import teacher_logits, teacher_probabilities
 
     keras.utils.set_random_seed(0)
     teacher = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Conv2D(3, 5, strides=2),
                                 keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(7)])
     teacher.save(tmp_path / "t.keras")
-    x = np.random.default_rng(0).random((4, 48, 48, 1)).astype(np.float32)
-    y = np.eye(7, dtype=np.float32)[[0, 1, 2, 6]]
-    got = teacher_targets(load_teachers(str(tmp_path / "t.keras")), TrainConfig(data="", distill_alpha=0.25))(
-        tf.constant(x), tf.constant(y)).numpy()
-    logits = (teacher.predict(x, verbose=0) + teacher.predict(x[:, :, ::-1], verbose=0)) / 2
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    assert np.allclose(got, 0.75 * y + 0.25 * p, atol=1e-5) and np.allclose(got.sum(1), 1.0)
-    assert not np.allclose(teacher.predict(x, verbose=0), teacher.predict(x[:, :, ::-1], verbose=0))  # flip counts
+    faces, _ = load_fer_arrays(tiny_fer, "train")
+    cfg = TrainConfig(data=str(tiny_fer), out=str(tmp_path / "d"), epochs=2, batch_size=16, width=4, warmup_epochs=1,
+                      arch="v3", teacher=str(tmp_path / "t.keras"), teacher_views=3)
+    logits = teacher_logits(tmp_path / "t.keras", faces, cfg, progress=False)
+    assert logits.shape == (3, len(faces), 7)
+    # view 2 is what the student will see as view 2; the teacher's logits are averaged with its mirror image
+    view = augment(tf.constant(faces[..., None].astype(np.float32) / 255), tf.constant(view_uniforms(0, 2, len(faces))),
+                   cfg).numpy()
+    want = (teacher.predict(view, verbose=0) + teacher.predict(view[:, :, ::-1], verbose=0)) / 2
+    assert np.allclose(logits[2], want, atol=2e-2)
+    assert not np.allclose(teacher.predict(view, verbose=0), teacher.predict(view[:, :, ::-1], verbose=0), atol=2e-2)
+    assert not np.allclose(logits[1], logits[2], atol=2e-2)  # each view is another face
+    # computed once: the cached views are read back, and a changed teacher gets its own cache
+    folder = next((tmp_path / "teacher-cache").iterdir())
+    stamps = {f: f.stat().st_mtime_ns for f in folder.glob("view-*.npy")}
+    assert len(stamps) == 3
+    assert np.array_equal(teacher_logits(tmp_path / "t.keras", faces, cfg, progress=False), logits)
+    assert stamps == {f: f.stat().st_mtime_ns for f in folder.glob("view-*.npy")}
+    teacher.layers[-1].bias.assign(np.ones(7))
+    teacher.save(tmp_path / "t.keras")
+    assert not np.allclose(teacher_logits(tmp_path / "t.keras", faces, cfg, progress=False), logits)
+    assert len(list((tmp_path / "teacher-cache").iterdir())) == 2
+    p = teacher_probabilities(cfg, faces, progress=False)
+    assert p.shape == (3, len(faces), 7) and np.allclose(p.sum(-1), 1, atol=1e-5)
 
     wrong = keras.Sequential([keras.Input((64, 64, 1)), keras.layers.Flatten(), keras.layers.Dense(7)])
     wrong.save(tmp_path / "wrong.keras")
-    with pytest.raises(ExportError, match=r"teacher .*wrong.keras.* must take \(48, 48, 1\)"):
-        load_teachers(str(tmp_path / "wrong.keras"))
-    with pytest.raises(ExportError, match="teacher not found"):
-        load_teachers(str(tmp_path / "missing.keras"))
+    for spec, msg in ((str(tmp_path / "wrong.keras"), r"teacher .*wrong.keras.* must take \(48, 48, 1\)"),
+                      (f"{tmp_path / 't.keras'},{tmp_path / 'missing.keras'}", "teacher not found")):
+        with pytest.raises(ExportError, match=msg):
+            teacher_probabilities(TrainConfig(data="", out=str(tmp_path / "e"), teacher=spec), faces, progress=False)
+    assert not (tmp_path / "e").exists()
 
     # a distilled run of the v3 network trains and names its release after the architecture
-    cfg = TrainConfig(data=str(tiny_fer), out=str(tmp_path / "d"), epochs=2, batch_size=16, width=4, warmup_epochs=1,
-                      arch="v3", teacher=str(tmp_path / "t.keras"))
     release = train(cfg, progress=False)
     assert release.name == "feredge-fer-v3.keras"
     hint = Contract.load(release.with_suffix(".json"))

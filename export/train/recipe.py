@@ -2,7 +2,8 @@
 
 A network of :mod:`feredge.export.train.arch` for 48x48 grey faces, trained with AdamW, a cosine
 schedule, an EMA of the weights and one affine warp per face; optionally distilled from teachers
-(earlier releases, their flip-averaged logits on the very view the student sees). It outputs
+(earlier releases, their flip-averaged logits on the very view the student sees, computed once
+for a fixed set of views: :mod:`feredge.export.train.teach`). It outputs
 logits; a temperature fitted on the validation part goes into the contract so the device's
 softmax(z/T) is calibrated.
 
@@ -31,6 +32,7 @@ from feredge.edge.contract import FER2013_LABELS
 from feredge.edge.fsutil import atomic_write_text
 from feredge.export.errors import ExportError
 from feredge.export.train.arch import ARCHITECTURES
+from feredge.export.train.augment import N_UNIFORMS, augment, view_uniforms
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,12 @@ class TrainConfig:
     threads: int = 0  # 0 = TensorFlow's default
     arch: str = "v2"  # a key of ARCHITECTURES
     # distillation: comma-separated .keras teachers (48x48 grey in [0,1], logits out); the target is
-    # (1 - distill_alpha) * the smoothed label + distill_alpha * softmax(mean teacher logits)
+    # (1 - distill_alpha) * the smoothed label + distill_alpha * softmax(mean teacher logits), on one of
+    # teacher_views fixed views per face whose teacher logits are cached in teacher_cache (teach.py)
     teacher: str = ""
     distill_alpha: float = 0.5
+    teacher_views: int = 32
+    teacher_cache: str = ""  # default: teacher-cache/ beside the run folder
     # final fit only (val_fraction 0): the temperature fitted by the validation run of the same recipe
     temperature: float = 0.0
 
@@ -121,53 +126,6 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     val_idx = np.sort(np.array(val))
     train_idx = np.setdiff1d(np.arange(len(y)), val_idx)
     return train_idx, val_idx
-
-
-def augment_batch(x, cfg: TrainConfig, seed=None):
-    """Flip, one affine warp (rotation, zoom, shift about the centre), brightness/contrast jitter and
-    random erasing, on a batch (N,48,48,1) in [0,1]. Batched TF ops: ~3 ms a batch on 2 cores."""
-    import tensorflow as tf
-
-    n = tf.shape(x)[0]
-    size = tf.cast(tf.shape(x)[1], tf.float32)
-    g = tf.random.Generator.from_seed(seed) if seed is not None else tf.random.get_global_generator()
-
-    def u(lo, hi, shape=None):
-        return g.uniform(shape if shape is not None else [n], lo, hi)
-
-    x = tf.where(u(0.0, 1.0, [n, 1, 1, 1]) < 0.5, tf.reverse(x, axis=[2]), x)
-    ang = u(-cfg.rotate_deg, cfg.rotate_deg) * (math.pi / 180.0)
-    scale = u(1.0 - cfg.zoom, 1.0 + cfg.zoom)
-    tx, ty = u(-cfg.shift, cfg.shift) * size, u(-cfg.shift, cfg.shift) * size
-    c = (size - 1.0) / 2.0
-    # output pixel p -> input pixel R(-ang) (p - c - t) / scale + c
-    a0, a1 = tf.cos(ang) / scale, -tf.sin(ang) / scale
-    b0, b1 = tf.sin(ang) / scale, tf.cos(ang) / scale
-    a2 = c - a0 * (c + tx) - a1 * (c + ty)
-    b2 = c - b0 * (c + tx) - b1 * (c + ty)
-    zeros = tf.zeros_like(a0)
-    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    x = tf.raw_ops.ImageProjectiveTransformV3(
-        images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="REFLECT")
-    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-    contrast = tf.reshape(u(0.8, 1.2), [n, 1, 1, 1])
-    bright = tf.reshape(u(-0.12, 0.12), [n, 1, 1, 1])
-    x = (x - mean) * contrast + mean + bright
-    # random erasing: one rectangle of 2-25 % of the face, aspect 0.3-3.3, filled with noise
-    area = u(0.02, 0.25) * size * size
-    ratio = tf.exp(u(math.log(0.3), math.log(3.3)))
-    h = tf.minimum(tf.sqrt(area * ratio), size)
-    w = tf.minimum(tf.sqrt(area / ratio), size)
-    y0 = u(0.0, 1.0) * (size - h)
-    x0 = u(0.0, 1.0) * (size - w)
-    rows = tf.range(size)[None, :, None]
-    cols = tf.range(size)[None, None, :]
-    box = ((rows >= y0[:, None, None]) & (rows < (y0 + h)[:, None, None])
-           & (cols >= x0[:, None, None]) & (cols < (x0 + w)[:, None, None]))
-    box = box & (u(0.0, 1.0) < cfg.erase_p)[:, None, None]
-    x = tf.where(box[..., None], u(0.0, 1.0, tf.shape(x)), x)
-    return tf.clip_by_value(x, 0.0, 1.0)
 
 
 @contextlib.contextmanager
@@ -287,7 +245,7 @@ def _run_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
     if not (resume and state_path.is_file()):
         return cfg
     saved = json.loads(state_path.read_text())["config"]
-    keep = {k: getattr(cfg, k) for k in ("data", "out", "time_budget_min", "threads")}
+    keep = {k: getattr(cfg, k) for k in ("data", "out", "time_budget_min", "threads", "teacher_cache")}
     return TrainConfig(**{**saved, **keep})
 
 
@@ -317,10 +275,11 @@ class _Session:
     initial_epoch: int = 0
     resume: bool = False
     progress: bool = True
+    started: float = 0.0  # time.monotonic() when it began: the time budget counts from there
 
 
 def _fit(model, cfg: TrainConfig, session: _Session, data: tuple[np.ndarray, np.ndarray],
-         split: tuple[np.ndarray, np.ndarray]) -> None:
+         split: tuple[np.ndarray, np.ndarray], soft: np.ndarray | None) -> None:
     import tensorflow as tf
 
     xf, y1h = data
@@ -328,55 +287,34 @@ def _fit(model, cfg: TrainConfig, session: _Session, data: tuple[np.ndarray, np.
     out, initial_epoch, resume = session.out, session.initial_epoch, session.resume
     # a different shuffle/augmentation stream per resumption, still a function of (seed, epoch)
     stream = cfg.seed * 1000 + initial_epoch
+    faces, labels = tf.constant(xf), tf.constant(y1h)
+    if soft is not None:  # the cached views' uniforms and teacher probabilities, (views, N, ...)
+        uniforms = tf.constant(np.stack([view_uniforms(cfg.seed, k, len(xf)) for k in range(len(soft))]))
+        soft_t = tf.constant(soft)
+
+    def batch(idx):
+        gen = tf.random.get_global_generator()
+        x, y = tf.gather(faces, idx), tf.gather(labels, idx)
+        if soft is None:
+            return augment(x, gen.uniform([tf.shape(idx)[0], N_UNIFORMS]), cfg), y
+        at = tf.stack([gen.uniform_full_int([tf.shape(idx)[0]], tf.int64) % len(soft), idx], axis=1)
+        y = (1.0 - cfg.distill_alpha) * y + cfg.distill_alpha * tf.gather_nd(soft_t, at)
+        return augment(x, tf.gather_nd(uniforms, at), cfg), y
+
     train_ds = (
-        tf.data.Dataset.from_tensor_slices((xf[tr], y1h[tr]))
+        tf.data.Dataset.from_tensor_slices(tr)
         .shuffle(len(tr), seed=stream, reshuffle_each_iteration=True)
         .batch(cfg.batch_size)
-        .map(lambda a, b: (augment_batch(a, cfg), b), num_parallel_calls=2)
+        .map(batch, num_parallel_calls=2)
+        .prefetch(2)
     )
-    if cfg.teacher:
-        targets = teacher_targets(load_teachers(cfg.teacher), cfg)
-        train_ds = train_ds.map(lambda a, b: (a, targets(a, b)))
-    train_ds = train_ds.prefetch(2)
     tf.random.set_global_generator(tf.random.Generator.from_seed(stream))
     val_ds = tf.data.Dataset.from_tensor_slices((xf[va], y1h[va])).batch(256) if len(va) else None
     # a fixed sample of clean training faces for the BN statistics of the EMA weights
     bn_idx = np.random.default_rng(cfg.seed).choice(tr, size=min(len(tr), 2048), replace=False)
-    callbacks = _callbacks(cfg, out, time.monotonic(), resume, xf[np.sort(bn_idx)])
+    callbacks = _callbacks(cfg, out, session.started, resume, xf[np.sort(bn_idx)])
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
               callbacks=callbacks, verbose=1 if session.progress else 2)
-
-
-def load_teachers(spec: str) -> list:
-    """The teacher models, checked to take the student's faces and give the seven classes' logits."""
-    import keras
-
-    teachers = []
-    for path in (p.strip() for p in spec.split(",") if p.strip()):
-        if not Path(path).is_file():
-            raise ExportError(f"teacher not found: {path} (a .keras release of feredge train)")
-        t = keras.models.load_model(path, compile=False)
-        if tuple(t.input_shape[1:]) != (48, 48, 1) or t.output_shape[-1] != len(FER2013_LABELS):
-            raise ExportError(f"teacher {path}: takes {t.input_shape[1:]} and gives {t.output_shape[-1]} outputs; "
-                              f"a teacher must take (48, 48, 1) faces and give {len(FER2013_LABELS)} logits")
-        t.trainable = False
-        teachers.append(t)
-    return teachers
-
-
-def teacher_targets(teachers: list, cfg: TrainConfig):
-    """Soft targets on the augmented batch itself: the teachers' logits averaged over the teachers and
-    the face's mirror image, as probabilities, mixed with the one-hot label. The label keeps the
-    student anchored where the teachers err; the teachers' probabilities carry which classes a face
-    resembles (a cheap ensemble, and what the small student cannot learn from labels alone)."""
-    import tensorflow as tf
-
-    def targets(x, y1h):
-        views = (x, tf.reverse(x, axis=[2]))
-        logits = tf.add_n([t(v, training=False) for t in teachers for v in views]) / (2 * len(teachers))
-        return (1.0 - cfg.distill_alpha) * y1h + cfg.distill_alpha * tf.nn.softmax(logits)
-
-    return targets
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path | None:
@@ -387,6 +325,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
 
     if cfg.threads:
         tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+    started = time.monotonic()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = _run_config(cfg, resume)
@@ -406,8 +345,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> P
     else:
         model = _compile_new(cfg, math.ceil(len(tr) / cfg.batch_size), n_cls)
     if initial_epoch < cfg.epochs:
-        _fit(model, cfg, _Session(out, initial_epoch, resume, progress), (xf, np.eye(n_cls, dtype=np.float32)[y]),
-             (tr, va))
+        soft = None
+        if cfg.teacher:
+            from feredge.export.train.teach import teacher_probabilities
+
+            soft = teacher_probabilities(cfg, x, progress=progress)
+        _fit(model, cfg, _Session(out, initial_epoch, resume, progress, started),
+             (xf, np.eye(n_cls, dtype=np.float32)[y]), (tr, va), soft)
         if json.loads(state_path.read_text())["epoch"] < cfg.epochs:
             return None
     return finish(cfg, out, xf[va], y[va], train_size=len(tr))
@@ -514,6 +458,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--teacher", default="", metavar="KERAS[,KERAS...]",
                    help="distil from these releases (their flip-averaged logits on each augmented face)")
+    p.add_argument("--teacher-views", type=int, default=TrainConfig.teacher_views,
+                   help="augmented views per face the teachers see once (cached); the student sees one per epoch")
+    p.add_argument("--teacher-cache", default="", metavar="DIR",
+                   help="where the teachers' logits are kept (default: teacher-cache/ beside --out)")
     p.add_argument("--distill-alpha", type=float, default=TrainConfig.distill_alpha,
                    help="weight of the teachers' probabilities in the target (the label gets the rest)")
     p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
@@ -528,6 +476,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_config(cfg: TrainConfig) -> None:
     """One-line errors for settings the run would only fail on later (or with a traceback)."""
+    if cfg.teacher_views < 1:
+        raise ExportError(f"--teacher-views must be at least 1, got {cfg.teacher_views}")
     if not 0.0 <= cfg.distill_alpha <= 1.0:
         raise ExportError(f"--distill-alpha must be between 0 and 1, got {cfg.distill_alpha}")
     if not 0 <= cfg.warmup_epochs < cfg.epochs:
