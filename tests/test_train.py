@@ -99,56 +99,94 @@ def test_augmentation_is_identity_when_its_ranges_are_zero_and_a_function_of_its
     # a view is its uniforms: the same (seed, view) gives the same faces, another view other faces
     assert np.array_equal(augment(x, tf.constant(view_uniforms(0, 3, 16)), TrainConfig(data="")).numpy(), moved)
     assert not np.allclose(augment(x, tf.constant(view_uniforms(0, 4, 16)), TrainConfig(data="")).numpy(), moved)
+    # a face's view does not depend on the faces beside it in the batch (the teachers saw other batches)
+    p = np.array([5, 0, 11, 3])
+    part = augment(tf.gather(x, p), tf.gather(u, p), TrainConfig(data="")).numpy()
+    assert np.allclose(part, moved[p], atol=1e-6)
 
 
-def test_distillation_caches_the_teachers_flip_averaged_logits_per_view(tiny_fer: Path, tmp_path: Path):
+def test_distillation_caches_the_teachers_flip_averaged_logits_per_view(tiny_fer: Path, tmp_path: Path, capsys):
     import keras
     import tensorflow as tf
 
     from feredge.export.errors import ExportError
-    from feredge.export.train.augment import augment, view_uniforms
-    from feredge.export.train.recipe import TrainConfig, load_fer_arrays, train
+    from feredge.export.train.augment import augment, unit, view_uniforms
+    from feredge.export.train.recipe import TrainConfig, load_fer_arrays, train, training_batches
     from feredge.export.train.teach import teacher_logits, teacher_probabilities
 
     keras.utils.set_random_seed(0)
     teacher = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Conv2D(3, 5, strides=2),
                                 keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(7)])
     teacher.save(tmp_path / "t.keras")
-    faces, _ = load_fer_arrays(tiny_fer, "train")
+    faces, labels = load_fer_arrays(tiny_fer, "train")
     cfg = TrainConfig(data=str(tiny_fer), out=str(tmp_path / "d"), epochs=2, batch_size=16, width=4, warmup_epochs=1,
                       arch="v3", teacher=str(tmp_path / "t.keras"), teacher_views=3)
     logits = teacher_logits(tmp_path / "t.keras", faces, cfg, progress=False)
-    assert logits.shape == (3, len(faces), 7)
-    # view 2 is what the student will see as view 2; the teacher's logits are averaged with its mirror image
-    view = augment(tf.constant(faces[..., None].astype(np.float32) / 255), tf.constant(view_uniforms(0, 2, len(faces))),
-                   cfg).numpy()
+    assert logits.shape == (3, len(faces), 7) and logits.dtype == np.float16
+    # view 2 as the student will see it; the teacher's logits are averaged with its mirror image
+    view = augment(tf.constant(unit(faces)), tf.constant(view_uniforms(0, 2, len(faces))), cfg).numpy()
     want = (teacher.predict(view, verbose=0) + teacher.predict(view[:, :, ::-1], verbose=0)) / 2
     assert np.allclose(logits[2], want, atol=2e-2)
     assert not np.allclose(teacher.predict(view, verbose=0), teacher.predict(view[:, :, ::-1], verbose=0), atol=2e-2)
     assert not np.allclose(logits[1], logits[2], atol=2e-2)  # each view is another face
-    # computed once: the cached views are read back, and a changed teacher gets its own cache
+
+    # the student's batch: exactly that view of each face, and the label mixed with the teachers' probabilities
+    soft = teacher_probabilities(cfg, faces, progress=False)
+    assert soft.shape == (3, len(faces), 7) and np.allclose(soft.sum(-1), 1, atol=1e-5)
+    y1h = np.eye(7, dtype=np.float32)[labels]
+    views = np.stack([augment(tf.constant(unit(faces)), tf.constant(view_uniforms(0, k, len(faces))), cfg).numpy()
+                      for k in range(3)])
+    idx = np.arange(len(faces))[::-1]
+    xb, yb = training_batches(faces, y1h, TrainConfig(data="", distill_alpha=0.25), soft, seed=1)(tf.constant(idx))
+    seen = [np.flatnonzero([np.allclose(xb.numpy()[j], views[k, i], atol=1e-6) for k in range(3)]) for j, i in
+            enumerate(idx)]
+    assert all(len(k) == 1 for k in seen) and len({int(k[0]) for k in seen}) == 3  # one cached view each, all used
+    k = np.array([int(k[0]) for k in seen])
+    again = training_batches(faces, y1h, TrainConfig(data="", distill_alpha=0.25), soft, seed=1)(tf.constant(idx))
+    assert np.array_equal(again[0].numpy(), xb.numpy())  # the draws are the seed's
+    assert np.allclose(yb.numpy(), 0.75 * y1h[idx] + 0.25 * soft[k, idx], atol=1e-6)
+    xb, yb = training_batches(faces, y1h, cfg, None, seed=1)(tf.constant(idx))  # plain: fresh views, the label
+    assert np.array_equal(yb.numpy(), y1h[idx]) and not np.allclose(xb.numpy(), views[:, idx], atol=1e-2)
+
+    # computed once: the cached views are read back, a damaged one is recomputed, a changed teacher gets its own
     folder = next((tmp_path / "teacher-cache").iterdir())
     stamps = {f: f.stat().st_mtime_ns for f in folder.glob("view-*.npy")}
     assert len(stamps) == 3
     assert np.array_equal(teacher_logits(tmp_path / "t.keras", faces, cfg, progress=False), logits)
     assert stamps == {f: f.stat().st_mtime_ns for f in folder.glob("view-*.npy")}
+    (folder / "view-001.npy").write_bytes(b"\x93NUMPY truncated")
+    assert np.array_equal(teacher_logits(tmp_path / "t.keras", faces, cfg, progress=False), logits)
+    assert sorted(p.name for p in folder.iterdir()) == ["about.json", "view-000.npy", "view-001.npy", "view-002.npy"]
     teacher.layers[-1].bias.assign(np.ones(7))
     teacher.save(tmp_path / "t.keras")
     assert not np.allclose(teacher_logits(tmp_path / "t.keras", faces, cfg, progress=False), logits)
     assert len(list((tmp_path / "teacher-cache").iterdir())) == 2
-    p = teacher_probabilities(cfg, faces, progress=False)
-    assert p.shape == (3, len(faces), 7) and np.allclose(p.sum(-1), 1, atol=1e-5)
 
     wrong = keras.Sequential([keras.Input((64, 64, 1)), keras.layers.Flatten(), keras.layers.Dense(7)])
     wrong.save(tmp_path / "wrong.keras")
+    (tmp_path / "broken.keras").write_bytes(b"PK\x03\x04 not a whole zip")
     for spec, msg in ((str(tmp_path / "wrong.keras"), r"teacher .*wrong.keras.* must take \(48, 48, 1\)"),
-                      (f"{tmp_path / 't.keras'},{tmp_path / 'missing.keras'}", "teacher not found")):
+                      (str(tmp_path / "broken.keras"), r"broken.keras is a damaged \.keras file")):
         with pytest.raises(ExportError, match=msg):
-            teacher_probabilities(TrainConfig(data="", out=str(tmp_path / "e"), teacher=spec), faces, progress=False)
-    assert not (tmp_path / "e").exists()
+            teacher_probabilities(TrainConfig(data="", teacher=spec, teacher_cache=str(tmp_path / "c")), faces,
+                                  progress=False)
+        assert not (tmp_path / "c").exists()  # refused before any work
+    for extra, says in ((["--teacher", f"{tmp_path / 't.keras'},{tmp_path / 'missing.keras'}"], "teacher not found"),
+                        (["--teacher", " , "], "--teacher names no file"),
+                        (["--teacher", str(tmp_path / "t.keras"), "--teacher-views", "0"], "--teacher-views")):
+        rc = main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "e"), "--epochs", "2",
+                   "--warmup-epochs", "1", "-q", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc != 0 and len(err) == 1 and says in err[0] and not (tmp_path / "e").exists(), err
 
+    # a time budget spent while caching stops the run resumably; --resume keeps the teachers and the cache
+    cfg.time_budget_min = 1e-9
+    cfg.teacher_cache = str(tmp_path / "elsewhere")
+    assert train(cfg, progress=False) is None
+    assert not list((tmp_path / "elsewhere").glob("*/view-*.npy"))
+    release = train(TrainConfig(data=str(tiny_fer), out=cfg.out), resume=True, progress=False)
+    assert len(list((tmp_path / "elsewhere").glob("*/view-*.npy"))) == 3
     # a distilled run of the v3 network trains and names its release after the architecture
-    release = train(cfg, progress=False)
     assert release.name == "feredge-fer-v3.keras"
     hint = Contract.load(release.with_suffix(".json"))
     assert hint.name == "feredge-fer-v3" and hint.provenance["training"]["config"]["teacher"].endswith("t.keras")

@@ -24,6 +24,11 @@ NOISE_IMAGES = 512  # the erased box is filled from a fixed bank, so a view need
 VERSION = 1  # bump when a view's meaning changes: cached teacher logits are keyed by it
 
 
+def unit(faces: np.ndarray) -> np.ndarray:
+    """uint8 faces (N,48,48) as the network takes them: (N,48,48,1) float32 in [0,1]."""
+    return (faces.astype(np.float32) / 255.0)[..., None]
+
+
 def view_uniforms(seed: int, view: int, n: int) -> np.ndarray:
     """The uniforms of view ``view`` of each of ``n`` faces, (n, 13) float32, from (seed, view) only."""
     return np.random.default_rng([seed, view, VERSION]).random((n, N_UNIFORMS), dtype=np.float32)
