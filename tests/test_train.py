@@ -138,10 +138,11 @@ def test_distillation_caches_the_teachers_flip_averaged_logits_per_view(tiny_fer
                       for k in range(3)])
     idx = np.arange(len(faces))[::-1]
     xb, yb = training_batches(faces, y1h, TrainConfig(data="", distill_alpha=0.25), soft, seed=1)(tf.constant(idx))
-    seen = [np.flatnonzero([np.allclose(xb.numpy()[j], views[k, i], atol=1e-6) for k in range(3)]) for j, i in
+    both = np.concatenate([views, views[:, :, :, ::-1]])  # a view and its mirror image share the flip-averaged target
+    seen = [np.flatnonzero([np.allclose(xb.numpy()[j], both[k, i], atol=1e-6) for k in range(6)]) for j, i in
             enumerate(idx)]
-    assert all(len(k) == 1 for k in seen) and len({int(k[0]) for k in seen}) == 3  # one cached view each, all used
-    k = np.array([int(k[0]) for k in seen])
+    assert all(len(k) == 1 for k in seen) and len({int(k[0]) for k in seen}) == 6  # one cached view each, all used
+    k = np.array([int(k[0]) % 3 for k in seen])
     again = training_batches(faces, y1h, TrainConfig(data="", distill_alpha=0.25), soft, seed=1)(tf.constant(idx))
     assert np.array_equal(again[0].numpy(), xb.numpy())  # the draws are the seed's
     assert np.allclose(yb.numpy(), 0.75 * y1h[idx] + 0.25 * soft[k, idx], atol=1e-6)

@@ -281,8 +281,8 @@ class _Session:
 
 def training_batches(faces: np.ndarray, y1h: np.ndarray, cfg: TrainConfig, soft: np.ndarray | None, seed: int):
     """The map from a batch of face indices to (augmented faces, targets). Plain: fresh uniforms
-    per face. Distilled: one of the cached views (``soft``: (views, N, 7) teacher probabilities),
-    with its teachers' probabilities mixed into the target. Its generator is seeded here, so with
+    per face. Distilled: one of the cached views (``soft``: (views, N, 7) teacher probabilities)
+    or its mirror image, with its teachers' probabilities mixed into the target. Its generator is seeded here, so with
     a sequential map the draws are a function of ``seed`` (tf.data traces this once, at .map)."""
     import tensorflow as tf
 
@@ -299,7 +299,11 @@ def training_batches(faces: np.ndarray, y1h: np.ndarray, cfg: TrainConfig, soft:
             return augment(x, gen.uniform([tf.shape(idx)[0], N_UNIFORMS]), cfg), y
         at = tf.stack([gen.uniform_full_int([tf.shape(idx)[0]], tf.int64) % len(soft), idx], axis=1)
         y = (1.0 - cfg.distill_alpha) * y + cfg.distill_alpha * tf.gather_nd(soft_t, at)
-        return augment(x, tf.gather_nd(uniforms, at), cfg), y
+        x = augment(x, tf.gather_nd(uniforms, at), cfg)
+        # the teachers' logits are averaged over the view and its mirror image, so both have the same
+        # target: a free second view per cached one
+        mirror = gen.uniform([tf.shape(idx)[0]]) < 0.5
+        return tf.where(mirror[:, None, None, None], tf.reverse(x, axis=[2]), x), y
 
     return batch
 

@@ -4,7 +4,7 @@ Why cached: a teacher in the training step doubled its cost (v2: 539 vs 260 ms p
 a 2-core EPYC), so a 250-epoch distilled run took 10-14 h. Here each teacher sees ``views``
 augmented copies of each face once (:mod:`feredge.export.train.augment` makes view ``k`` a pure
 function of the seed); the student then trains at the plain step's cost on one of those views
-per epoch, with the teachers' logits for exactly that view (the consistency distillation needs).
+per epoch (or its mirror image), with the teachers' logits for exactly that view (the consistency distillation needs).
 The logits are kept per teacher and per view in ``teacher_cache`` (float16, 0.4 MB a view),
 keyed by the teacher's bytes, the faces and the augmentation settings, so an interrupted run, a
 proxy, the validation run and the final fit all reuse them.
