@@ -39,6 +39,13 @@ def _noise_bank() -> np.ndarray:
     return np.random.default_rng([VERSION, 48]).random((NOISE_IMAGES, 48, 48, 1), dtype=np.float32)
 
 
+def mirror(x, where):
+    """Faces (N,48,48,1) flipped left-right where ``where`` (N,) is true."""
+    import tensorflow as tf
+
+    return tf.where(where[:, None, None, None], tf.reverse(x, axis=[2]), x)
+
+
 def augment(x, u, cfg: TrainConfig):
     """Flip, one affine warp (rotation, zoom, shift about the centre), brightness/contrast jitter and
     random erasing of a batch (N,48,48,1) in [0,1], as ``u`` (N,13) says. One warp per face, so a
@@ -51,7 +58,7 @@ def augment(x, u, cfg: TrainConfig):
     def col(j, lo, hi):
         return lo + (hi - lo) * u[:, j]
 
-    x = tf.where((u[:, 0] < 0.5)[:, None, None, None], tf.reverse(x, axis=[2]), x)
+    x = mirror(x, u[:, 0] < 0.5)
     ang = col(1, -cfg.rotate_deg, cfg.rotate_deg) * (math.pi / 180.0)
     scale = col(2, 1.0 - cfg.zoom, 1.0 + cfg.zoom)
     tx, ty = col(3, -cfg.shift, cfg.shift) * size, col(4, -cfg.shift, cfg.shift) * size

@@ -32,7 +32,7 @@ from feredge.edge.contract import FER2013_LABELS
 from feredge.edge.fsutil import atomic_write_text
 from feredge.export.errors import ExportError
 from feredge.export.train.arch import ARCHITECTURES
-from feredge.export.train.augment import N_UNIFORMS, augment, unit, view_uniforms
+from feredge.export.train.augment import N_UNIFORMS, augment, mirror, unit, view_uniforms
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +302,7 @@ def training_batches(faces: np.ndarray, y1h: np.ndarray, cfg: TrainConfig, soft:
         x = augment(x, tf.gather_nd(uniforms, at), cfg)
         # the teachers' logits are averaged over the view and its mirror image, so both have the same
         # target: a free second view per cached one
-        mirror = gen.uniform([tf.shape(idx)[0]]) < 0.5
-        return tf.where(mirror[:, None, None, None], tf.reverse(x, axis=[2]), x), y
+        return mirror(x, gen.uniform([tf.shape(idx)[0]]) < 0.5), y
 
     return batch
 
