@@ -466,7 +466,10 @@ def test_ctrl_c_while_run_starts_is_one_line(tmp_path, edge_model, woman_video, 
         proc.kill()  # a failed wait must not leave a daemon running
         proc.wait()
     assert "Traceback" not in err, err
-    assert proc.returncode in (0, 130), (proc.returncode, err)  # stopped cleanly, or interrupted
+    # Stopped cleanly, or interrupted: 130 from the CLI, or -2 (a shell shows 130 too) when the Ctrl-C
+    # landed in code a C extension ran through PyRun_String during an import: CPython then marks the
+    # KeyboardInterrupt "unhandled" for good and ends the process by SIGINT, whatever main() returned.
+    assert proc.returncode in (0, 130, -signal.SIGINT), (proc.returncode, err)
 
 
 def test_ctrl_c_that_a_library_reports_as_an_import_error_still_stops_the_daemon(monkeypatch, edge_model,

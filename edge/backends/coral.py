@@ -10,7 +10,6 @@ are turned into :class:`CoralUnavailable` with a reason a person can act on:
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import platform
@@ -32,24 +31,27 @@ def library_name() -> str:
     return LIBRARIES.get(platform.system(), LIBRARIES["Linux"])
 
 
-@contextlib.contextmanager
-def _quiet_failed_delegate():
-    # A failed load_delegate leaves a half-built Delegate whose __del__ raises
-    # AttributeError('_library'); Python prints that as "Exception ignored in ..." on stderr.
-    # Swallow exactly that noise while the object is collected.
+def _half_built_delegate(u: Any) -> bool:
+    return (isinstance(u.exc_value, AttributeError) and getattr(u.exc_value, "name", None) == "_library"
+            and "Delegate.__del__" in getattr(u.object, "__qualname__", repr(u.object)))
+
+
+def _quiet_failed_delegates() -> None:
+    """A failed (or Ctrl-C'd) ``load_delegate`` leaves a half-built ``Delegate`` whose ``__del__``
+    raises ``AttributeError('_library')``; Python prints that as a traceback on stderr whenever
+    the object is collected. That can be long after the load (a KeyboardInterrupt's traceback
+    keeps it alive until the process exits), so the filter stays for the process's lifetime.
+    It drops exactly that upstream noise and passes everything else on."""
     prev = sys.unraisablehook
+    if getattr(prev, "_feredge_delegate_filter", False):
+        return
 
-    def hook(u):
-        if isinstance(u.exc_value, AttributeError) and "Delegate" in repr(u.object):
-            return
-        prev(u)
+    def hook(u: Any) -> None:
+        if not _half_built_delegate(u):
+            prev(u)
 
+    hook._feredge_delegate_filter = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
-    try:
-        yield
-    finally:
-        gc.collect()
-        sys.unraisablehook = prev
 
 
 def load_edgetpu_delegate(runtime: Any, device: str | None = None) -> Any:
@@ -58,7 +60,8 @@ def load_edgetpu_delegate(runtime: Any, device: str | None = None) -> Any:
     lib = library_name()
     options = {"device": device} if device else None
     reason = None
-    with _quiet_failed_delegate():
+    _quiet_failed_delegates()
+    try:
         try:
             return runtime.load_delegate(lib, options)
         except OSError as e:
@@ -70,4 +73,6 @@ def load_edgetpu_delegate(runtime: Any, device: str | None = None) -> Any:
         except (ValueError, RuntimeError) as e:  # ValueError from the Python wrapper; RuntimeError seen in old ones
             reason = (f"{lib} loaded but found no Edge TPU ({one_line(e, 200, with_type=False)}); "
                       "is the Coral plugged in and readable?")
+    finally:
+        gc.collect()  # collect the half-built delegate now, while the failure is being reported
     raise CoralUnavailable(reason)
