@@ -101,6 +101,8 @@ def test_fer_int8_agrees_with_desktop(fer_export: Path):
     how = r["artifacts"]["emotion_model.int8.tflite"]["int8"]
     assert how["pinned_input"] == [0.0, 255.0] and set(how["scores"]) >= {"minmax", "p99.999", "mse"}
     assert how["final"]["mean_abs_dp"] <= how["scores"]["minmax"]["mean_abs_dp"]  # never worse than min-max
+    # GPTQ weight rounding is scored too, and what is kept is one of the scored candidates
+    assert f"{how['strategy']}+gptq+bias" in how["scores"] and how["final"] == how["scores"][how["kept"]]
     diag = how["diagnosis"]
     assert diag["findings"] and diag["int16"]["agreement"] > how["final"]["agreement"]
     onnx_how = r["artifacts"]["emotion_model.int8.onnx"]["int8"]

@@ -38,11 +38,11 @@ def _channel_error(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return ((got - ref) * active).reshape(-1, ch).sum(0) / np.maximum(active.reshape(-1, ch).sum(0), 1)
 
 
-def _name(t) -> str:
+def tensor_name(t) -> str:
     return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
 
 
-def _outputs(data: bytes, x: np.ndarray, names: list[str], *, integer: bool) -> dict[str, np.ndarray]:
+def tensor_values(data: bytes, x: np.ndarray, names: list[str], *, integer: bool) -> dict[str, np.ndarray]:
     """Some tensors' values (dequantised for the int8 model) on the faces ``x`` (raw float batch),
     from one pass."""
     from feredge.edge.contract import QuantParams
@@ -70,22 +70,23 @@ def correct(quantized: bytes, calibrated: bytes, x: np.ndarray) -> bytes:
     from feredge.export.convert.tflite import _schema, op_code_names, pack
 
     schema = _schema()
-    float_names = {_name(t) for t in schema.ModelT.InitFromPackedBuf(calibrated, 0).subgraphs[0].tensors}
+    float_names = {tensor_name(t) for t in schema.ModelT.InitFromPackedBuf(calibrated, 0).subgraphs[0].tensors}
     model = schema.ModelT.InitFromPackedBuf(quantized, 0)
     codes = op_code_names(model)
     sg = model.subgraphs[0]
     targets = [k for k, op in enumerate(sg.operators or [])
                if codes[op.opcodeIndex] in _BIASED and len(op.inputs) >= 3 and op.inputs[2] >= 0
-               and _name(sg.tensors[op.outputs[0]]) in float_names]
+               and tensor_name(sg.tensors[op.outputs[0]]) in float_names]
     # The float model does not change: its outputs are read once, for every op to correct.
-    refs = _outputs(calibrated, x, [_name(sg.tensors[sg.operators[k].outputs[0]]) for k in targets], integer=False)
+    names = [tensor_name(sg.tensors[sg.operators[k].outputs[0]]) for k in targets]
+    refs = tensor_values(calibrated, x, names, integer=False)
     data = quantized
     for k in targets:
         sg = model.subgraphs[0]
         op = sg.operators[k]
-        out_name = _name(sg.tensors[op.outputs[0]])
+        out_name = tensor_name(sg.tensors[op.outputs[0]])
         ref = refs.pop(out_name)
-        got = _outputs(data, x, [out_name], integer=True)[out_name]  # after the ops before it were corrected
+        got = tensor_values(data, x, [out_name], integer=True)[out_name]  # after the ops before it were corrected
         err = _channel_error(got, ref)
         bias_t = sg.tensors[op.inputs[2]]
         scale = np.asarray(bias_t.quantization.scale, np.float64)
@@ -98,7 +99,7 @@ def correct(quantized: bytes, calibrated: bytes, x: np.ndarray) -> bytes:
     return data
 
 
-def _onnx_outputs(model, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+def onnx_tensor_values(model, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
     """Some tensors' values on the faces ``x`` from one onnxruntime pass (optimisations on, so
     an int8 QDQ model runs the real integer kernels)."""
     import onnx
@@ -140,10 +141,10 @@ def correct_onnx(quantized: Path, fp32: Path, x: np.ndarray) -> bytes:
             dq = _bias_dequantize(n, producer, inits, g)
             if dq is not None:
                 targets.append((n.output[0], q_out, dq))
-    refs = _onnx_outputs(ref_model, x, [t[0] for t in targets])
+    refs = onnx_tensor_values(ref_model, x, [t[0] for t in targets])
     for name, q_out, dq in targets:
         ref = np.moveaxis(refs.pop(name), 1, -1)  # NCHW -> channels last
-        got = np.moveaxis(_onnx_outputs(model, x, [q_out])[q_out], 1, -1)
+        got = np.moveaxis(onnx_tensor_values(model, x, [q_out])[q_out], 1, -1)
         err = _channel_error(got, ref)
         scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
         q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.int64) - np.round(err / scale).astype(np.int64)

@@ -257,7 +257,7 @@ def _best_int8(job: ConvertJob, f_onnx: Path, dest: Path) -> tuple[dict[str, Any
         ["minmax", "percentile"] if selection is not None else ["minmax"])
     scores: dict[str, Any] = {}
     best = None
-    steps = len(job.x_cal) * len(methods) + (1 if selection is not None else 0)
+    steps = len(job.x_cal) * len(methods) + (2 if selection is not None else 0)
     with progress_bar(total=steps, desc="ONNX int8 calibration", enabled=o.progress) as bar:
         for method in methods:
             cand = job.built.stage / f".{name}.{method}.int8.onnx"
@@ -274,30 +274,45 @@ def _best_int8(job: ConvertJob, f_onnx: Path, dest: Path) -> tuple[dict[str, Any
                 cand.unlink()
         assert best is not None
         _, method, cand, int8_ops = best
-        corrected = False
+        kept = method
         if selection is not None:
-            corrected = _bias_corrected(job, f_onnx, cand, scores, method)
-            bar.update(1)
+            kept = _refined(job, f_onnx, cand, scores, method, bar.update)
     cand.replace(dest)
-    return {"method": method, "bias_corrected": corrected, "input_folded": False, "scores": scores}, int8_ops
+    return {"method": method, "bias_corrected": kept.endswith("+bias"), "weights_rounded": "+gptq" in kept,
+            "kept": kept, "input_folded": False, "scores": scores}, int8_ops
 
 
-def _bias_corrected(job: ConvertJob, f_onnx: Path, cand: Path, scores: dict[str, Any], method: str) -> bool:
-    """``cand`` replaced by its bias-corrected twin where that is worth keeping. A graph the
-    correction cannot handle keeps the uncorrected model (a warning, not a failed export)."""
-    from feredge.export.convert import biascorr
+def _refined(job: ConvertJob, f_onnx: Path, cand: Path, scores: dict[str, Any], method: str,
+             progress_cb: Any) -> str:
+    """``cand`` replaced by its bias-corrected twin, or by its GPTQ-rounded and then bias-corrected
+    twin (:mod:`~feredge.export.convert.wround`), each kept where it is worth keeping against what
+    is kept so far, as for the TFLite; returns the kept score's key. A graph a step cannot handle
+    keeps what it has (a warning, not a failed export)."""
+    from feredge.export.convert import biascorr, wround
     from feredge.export.evaluate import runners
 
-    fixed = cand.with_name(f".{job.contract.name}.{method}+bias.int8.onnx")
-    try:
-        fixed.write_bytes(biascorr.correct_onnx(cand, f_onnx, job.x_cal[:200]))
-        scores[f"{method}+bias"] = sc = job.selection.compare(runners.run_onnx(fixed, job.contract, job.selection.x))
-    except Exception as e:  # onnxruntime/onnx raise their own types on graphs they refuse
-        log.warning("ONNX bias correction skipped: %s", one_line(e))
-        fixed.unlink(missing_ok=True)
-        return False
-    if biascorr.worth_keeping(sc, scores[method]):
-        fixed.replace(cand)
-        return True
-    fixed.unlink()
-    return False
+    x = job.x_cal[:200]
+    best, kept = cand, method
+    for suffix, what in (("+bias", "bias correction"), ("+gptq+bias", "GPTQ weight rounding with bias correction")):
+        fixed = cand.with_name(f".{job.contract.name}.{method}{suffix}.int8.onnx")
+        try:
+            if "+gptq" in suffix:
+                fixed.write_bytes(wround.round_onnx(cand, f_onnx, x))
+            fixed.write_bytes(biascorr.correct_onnx(fixed if "+gptq" in suffix else cand, f_onnx, x))
+            scores[method + suffix] = sc = job.selection.compare(runners.run_onnx(fixed, job.contract,
+                                                                                  job.selection.x))
+        except Exception as e:  # onnxruntime/onnx raise their own types on graphs they refuse
+            log.warning("ONNX %s skipped: %s", what, one_line(e))
+            fixed.unlink(missing_ok=True)
+            continue
+        finally:
+            progress_cb(1)
+        if biascorr.worth_keeping(sc, scores[kept]):
+            if best != cand:
+                best.unlink()
+            best, kept = fixed, method + suffix
+        else:
+            fixed.unlink()
+    if best != cand:
+        best.replace(cand)
+    return kept

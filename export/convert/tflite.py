@@ -300,6 +300,7 @@ class Int8Choice:
 
     strategy: str = "minmax"
     bias_corrected: bool = False
+    weights_rounded: bool = False  # GPTQ (feredge.export.convert.wround) before the bias correction
     pinned_input: tuple[float, float] | None = None
     selection_faces: int = 0
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -307,8 +308,14 @@ class Int8Choice:
     diagnosis: dict[str, Any] | None = None  # feredge.export.evaluate.int8diag, when the kept model agrees < 99 %
     calibrated: bytes = field(default=b"", repr=False)  # the converter's calibrated float model
 
+    @property
+    def kept(self) -> str:
+        """The key of :attr:`scores` that the kept model scored."""
+        return self.strategy + ("+gptq" if self.weights_rounded else "") + ("+bias" if self.bias_corrected else "")
+
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "bias_corrected": self.bias_corrected,
+                "weights_rounded": self.weights_rounded, "kept": self.kept,
                 "pinned_input": list(self.pinned_input) if self.pinned_input else None,
                 "selection_faces": self.selection_faces, "scores": self.scores, "final": self.final,
                 "diagnosis": self.diagnosis}
@@ -367,10 +374,11 @@ def convert_int8(
 
     ``pixel_input``: the model takes raw pixel codes (0..255), so its input range is pinned to
     exactly that: the int8 input is then q = p - 128, with no rounding. ``selection``: held-out
-    faces on which each activation-range strategy (and bias correction) is scored; the one
-    closest to the desktop model is kept. Without it, min-max ranges as the converter makes them.
+    faces on which each activation-range strategy (then bias correction and GPTQ weight rounding)
+    is scored; the one closest to the desktop model is kept. Without it, min-max ranges as the
+    converter makes them.
     """
-    from feredge.export.convert import biascorr, ranges
+    from feredge.export.convert import ranges
 
     if calib_x.ndim != 4 or len(calib_x) == 0:
         raise ExportError("no calibration images to quantise with")
@@ -406,25 +414,44 @@ def convert_int8(
         _, choice.strategy, data, chosen = best
         choice.final = choice.scores[choice.strategy]
         choice.calibrated = ranges.with_ranges(calibrated, chosen) if chosen else calibrated
-        try:
-            corrected = biascorr.correct(data, calibrated, calib_x[:200])
-            sc = selection.score(corrected)
-        except Exception as e:  # the interpreter raises its own types on a model it refuses
-            log.warning("int8 TFLite bias correction skipped: %s", one_line(e))
-            corrected, sc = None, None
-        if progress_cb is not None:
-            progress_cb(1)
-        if sc is not None:
-            choice.scores[f"{choice.strategy}+bias"] = sc
-            if biascorr.worth_keeping(sc, choice.final):
-                data, choice.bias_corrected, choice.final = corrected, True, sc
+        data = _refine(data, calibrated, calib_x, selection, choice, progress_cb)
     info = verify_int8(data)
     log.debug("int8 TFLite: %d ops, %d bytes, ranges %s", len(info.ops), len(data), choice.strategy)
     return data, info, choice
 
 
-# progress steps of a selection: one per strategy, one for the bias correction
-SELECTION_STEPS = len(STRATEGIES) + 1
+def _refine(data: bytes, calibrated: bytes, calib_x: np.ndarray, selection: Selection, choice: Int8Choice,
+            progress_cb: Callable[[int], None] | None) -> bytes:
+    """Bias correction, then GPTQ weight rounding followed by bias correction: each kept only
+    where it is :func:`~feredge.export.convert.biascorr.worth_keeping` against what is kept so far.
+    A model either step cannot handle keeps what it has (a warning, not a failed export)."""
+    from feredge.export.convert import biascorr, wround
+
+    steps = (("+bias", False, lambda d: biascorr.correct(d, calibrated, calib_x[:200])),
+             ("+gptq+bias", True, lambda d: biascorr.correct(wround.round_tflite(d, calibrated, calib_x[:200]),
+                                                              calibrated, calib_x[:200])))
+    base = data
+    for suffix, rounded, step in steps:
+        try:
+            cand = step(base)
+            sc = selection.score(cand)
+        except Exception as e:  # the interpreter raises its own types on a model it refuses
+            what = "GPTQ weight rounding with bias correction" if rounded else "bias correction"
+            log.warning("int8 TFLite %s skipped: %s", what, one_line(e))
+            cand, sc = None, None
+        if progress_cb is not None:
+            progress_cb(1)
+        if sc is None:
+            continue
+        choice.scores[choice.strategy + suffix] = sc
+        assert choice.final is not None
+        if biascorr.worth_keeping(sc, choice.final):
+            data, choice.bias_corrected, choice.weights_rounded, choice.final = cand, True, rounded, sc
+    return data
+
+
+# progress steps of a selection: one per strategy, one for the bias correction, one for GPTQ + bias
+SELECTION_STEPS = len(STRATEGIES) + 2
 
 
 DIAGNOSE_BELOW = 0.99

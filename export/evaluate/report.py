@@ -101,6 +101,8 @@ def _int8_section(r: dict[str, Any]) -> list[str]:
     for name, c in rows:
         kept = c.get("strategy") or c.get("method")
         how = [f"ranges `{kept}`"]
+        if c.get("weights_rounded"):
+            how.append("weights rounded by GPTQ")
         if c.get("bias_corrected"):
             how.append("bias-corrected")
         if c.get("pinned_input"):
@@ -109,11 +111,8 @@ def _int8_section(r: dict[str, Any]) -> list[str]:
             how.append("normalisation folded into the first Conv")
         out.append(f"- `{name}`: {', '.join(how)}")
         for k, sc in (c.get("scores") or {}).items():
-            mark = ""
-            if k == kept:
-                mark = " (its ranges kept)" if c.get("bias_corrected") else " (kept)"
-            elif k.endswith("+bias") and c.get("bias_corrected"):
-                mark = " (kept)"
+            final = c.get("kept") or (f"{kept}+bias" if c.get("bias_corrected") else kept)
+            mark = " (kept)" if k == final else " (its ranges kept)" if k == kept else ""
             out.append(f"  - {k}: agreement {_pct(sc['agreement'])}, mean abs dp {_num(sc['mean_abs_dp'])}{mark}")
         d = c.get("diagnosis")
         if d:
