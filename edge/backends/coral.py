@@ -32,7 +32,10 @@ def library_name() -> str:
 
 
 def _half_built_delegate(u: Any) -> bool:
-    return (isinstance(u.exc_value, AttributeError) and getattr(u.exc_value, "name", None) == "_library"
+    # "_library": interrupted (or failed) before the library loaded; "_delegate_ptr": interrupted
+    # inside tflite_plugin_create_delegate (a USB probe), before its result was assigned.
+    return (isinstance(u.exc_value, AttributeError)
+            and getattr(u.exc_value, "name", None) in ("_library", "_delegate_ptr")
             and "Delegate.__del__" in getattr(u.object, "__qualname__", repr(u.object)))
 
 

@@ -246,9 +246,9 @@ def convert(job: ConvertJob) -> list[Artifact]:
 
 def _best_int8(job: ConvertJob, f_onnx: Path, dest: Path) -> tuple[dict[str, Any], list[str]]:
     """The int8 QDQ model of the calibration method that agrees best on the selection faces
-    (``--onnx-calibration auto``: minmax or percentile), then bias-corrected where that is
-    :func:`~feredge.export.convert.biascorr.worth_keeping` (as for the TFLite), moved to ``dest``;
-    (choice, op types)."""
+    (``--onnx-calibration auto``: minmax or percentile), then bias-corrected or GPTQ-rounded and
+    bias-corrected where that is :func:`~feredge.export.convert.biascorr.worth_keeping` (as for the
+    TFLite), moved to ``dest``; (choice, op types)."""
     from feredge.export.evaluate import runners
     from feredge.export.progress import progress_bar
 

@@ -492,6 +492,13 @@ def _diagnose(job: ConvertJob, choice: Int8Choice) -> None:
                       enabled=run.opts.progress) as bar:
         choice.diagnosis = int8diag.diagnose(job.model, choice.calibrated, job.x_cal, job.selection,
                                              progress_cb=bar.update)
+    refined = [w for w, on in (("GPTQ weight rounding", choice.weights_rounded),
+                               ("bias correction", choice.bias_corrected)) if on]
+    if refined:  # the scan re-quantises the calibrated model: nearest rounding, converter's biases
+        choice.diagnosis["findings"].append(
+            f"the layer and int16 figures are for the converter's own rounding, before {' and '.join(refined)}, "
+            f"which took agreement from {100 * choice.scores[choice.strategy]['agreement']:.1f} to "
+            f"{100 * choice.final['agreement']:.1f} % on the selection faces")
     assert choice.final is not None
     run.warn(f"int8 TFLite agrees with the desktop model on {100 * choice.final['agreement']:.1f} % of the "
              "selection faces (< 99 %): " + "; ".join(choice.diagnosis["findings"]))

@@ -12,11 +12,12 @@ error over the columns not yet rounded, weighted by the inverse of H = E[x xᵀ]
 input patches: it minimises ``E||(W - s(q - z)) x||²``. On v3 it took the first layer's error from
 1.8e5 to 2.0e4 (that layer's H units) and, with bias correction after it, the TFLite's agreement to
 99.2 %. No existing tool does this to a converter's flatbuffer (nncf's GPTQ compresses LLM weights
-in OpenVINO/torch graphs, aimet-onnx's AdaRound pulls torch and CUDA): this module is ~150 lines on
+in OpenVINO/torch graphs, aimet-onnx's AdaRound pulls torch and CUDA): this module does it for
 the two formats feredge writes. Grouped (depthwise) convolutions keep their nearest rounding.
 
-The scales, zero points and ranges are the quantiser's; only integers change, so the op list, the
-Edge TPU compatibility and the file size are those of the model it starts from. The exporter keeps
+The scales, zero points and ranges are the quantiser's; only integers change, so the op list and
+the Edge TPU compatibility are those of the model it starts from (the size too, give or take the
+flatbuffer's re-packing). The exporter keeps
 the result only where it scores better on the selection faces (:func:`biascorr.worth_keeping`).
 """
 
@@ -40,9 +41,11 @@ def gptq(w: np.ndarray, h: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
     zero point added) that minimise ``(w - q) H (w - q)ᵀ`` row by row, greedily in column order."""
     w = w.astype(np.float64).copy()
     h = h.astype(np.float64).copy()
-    dead = np.diag(h) == 0  # an input that is always 0: its weight cannot matter
-    h[dead, dead] = 1.0
-    h += DAMP * float(np.mean(np.diag(h))) * np.eye(len(h))
+    diag = np.diag(h)
+    dead = diag == 0  # an input that is always 0: its weight cannot matter
+    live_mean = float(diag[~dead].mean()) if (~dead).any() else 1.0
+    h[dead, dead] = live_mean
+    h += DAMP * live_mean * np.eye(len(h))
     u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H^-1
     q = np.empty_like(w)
     for j in range(w.shape[1]):
@@ -52,20 +55,23 @@ def gptq(w: np.ndarray, h: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
     return q
 
 
-def _hessian(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    if len(x) > MAX_ROWS:
-        x = x[rng.choice(len(x), MAX_ROWS, replace=False)]
+def _hessian(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     return x.T @ x / len(x)
 
 
 def _patches(x: np.ndarray, k: tuple[int, int], stride: tuple[int, int], pads: tuple[int, int, int, int],
-             out_hw: tuple[int, int]) -> np.ndarray:
-    """im2col of an NHWC batch: one row per output position, columns in (kh, kw, c) order."""
+             out_hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """im2col of an NHWC batch, columns in (kh, kw, c) order: one row per output position, at most
+    :data:`MAX_ROWS` of them (sampled before they are copied, so memory stays at MAX_ROWS x K)."""
     (kh, kw), (sh, sw), (top, left, bottom, right), (oh, ow) = k, stride, pads, out_hw
     x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     v = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
-    return np.moveaxis(v, 3, -1).reshape(-1, kh * kw * x.shape[-1])  # (n, oh, ow, kh, kw, c)
+    n = v.shape[0] * oh * ow
+    rows = np.arange(n) if n <= MAX_ROWS else np.sort(rng.choice(n, MAX_ROWS, replace=False))
+    i, r = np.divmod(rows, oh * ow)
+    picked = v[i, r // ow, r % ow]  # (rows, c, kh, kw): a copy of the sampled positions only
+    return np.moveaxis(picked, 1, -1).reshape(len(rows), kh * kw * x.shape[-1])
 
 
 def _same_pads(in_hw: tuple[int, int], k: tuple[int, int], stride: tuple[int, int],
@@ -93,8 +99,9 @@ def round_tflite(quantized: bytes, calibrated: bytes, x: np.ndarray) -> bytes:
         fw_t, wt = fsg.tensors[fop.inputs[1]], sg.tensors[op.inputs[1]]
         data = fmodel.buffers[fw_t.buffer].data
         fw = np.frombuffer(bytes(bytearray(data)) if data is not None else b"", np.float32)
-        if fw.size != int(np.prod(wt.shape)) or wt.quantization is None or wt.quantization.scale is None:
-            continue  # weights computed at run time, or not int8 per channel: leave them
+        qz = wt.quantization
+        if fw.size != int(np.prod(wt.shape)) or qz is None or qz.scale is None or (qz.quantizedDimension or 0) != 0:
+            continue  # weights computed at run time, or not quantised per output channel: leave them
         jobs.append((op, codes[op.opcodeIndex], fw, wt, tensor_name(fsg.tensors[fop.inputs[0]])))
     values = tensor_values(calibrated, x, sorted({j[4] for j in jobs}), integer=False)
     rng = np.random.default_rng(0)
@@ -110,13 +117,28 @@ def round_tflite(quantized: bytes, calibrated: bytes, x: np.ndarray) -> bytes:
             if int(wt.shape[3]) != xin.shape[-1]:
                 continue  # grouped convolution
             pads = _same_pads(xin.shape[1:3], k, stride, out_hw) if o.padding == 0 else (0, 0, 0, 0)
-            cols = _patches(xin, k, stride, pads, out_hw)
+            cols = _patches(xin, k, stride, pads, out_hw, rng)
         else:
-            cols = xin.reshape(-1, fw.size // cout)
+            cols = xin.reshape(-1, fw.size // cout)[:MAX_ROWS]
         scale = np.asarray(wt.quantization.scale, np.float64).reshape(-1, 1)
-        q = gptq(fw.reshape(cout, -1) / scale, _hessian(cols, rng), -127, 127)  # TFLite: symmetric, narrow
+        q = gptq(fw.reshape(cout, -1) / scale, _hessian(cols), -127, 127)  # TFLite: symmetric, narrow
         model.buffers[wt.buffer].data = np.frombuffer(q.astype(np.int8).tobytes(), np.uint8)
     return pack(model, len(quantized))
+
+
+def _onnx_eligible(n, w_dq, attrs: dict, inits: dict) -> bool:
+    """An ungrouped, undilated, explicitly padded Conv (or a MatMul) whose weights are constant
+    integers scaled per output channel (axis 0 for a Conv, 1 for a MatMul's (k, cout)) or per tensor."""
+    from onnx import numpy_helper
+
+    if w_dq.op_type != "DequantizeLinear" or len(w_dq.input) < 3 or any(t not in inits for t in w_dq.input):
+        return False
+    axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1)
+    per_tensor = numpy_helper.to_array(inits[w_dq.input[1]]).size == 1
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    return (attrs.get("group", 1) == 1 and all(d == 1 for d in attrs.get("dilations", [1]))
+            and (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) in ("NOTSET", "VALID")
+            and (per_tensor or axis == (0 if n.op_type == "Conv" else 1)))
 
 
 def round_onnx(quantized: Path, fp32: Path, x: np.ndarray) -> bytes:
@@ -140,9 +162,7 @@ def round_onnx(quantized: Path, fp32: Path, x: np.ndarray) -> bytes:
         if r is None or r.op_type != n.op_type:
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
-        if w_dq.op_type != "DequantizeLinear" or r.input[1] not in ref_inits or attrs.get("group", 1) != 1 \
-                or any(d != 1 for d in attrs.get("dilations", [1])) or len(w_dq.input) < 3 \
-                or any(t not in inits for t in w_dq.input):
+        if not _onnx_eligible(n, w_dq, attrs, inits) or r.input[1] not in ref_inits:
             continue
         jobs.append((n, attrs, w_dq, ref_inits[r.input[1]], r.input[0]))
     values = onnx_tensor_values(ref, x, sorted({j[4] for j in jobs}))
@@ -160,15 +180,16 @@ def round_onnx(quantized: Path, fp32: Path, x: np.ndarray) -> bytes:
             xin = np.moveaxis(xin, 1, -1)  # NCHW -> NHWC
             k = fw.shape[2:]
             out_hw = tuple((xin.shape[1 + i] + pads[i] + pads[i + 2] - k[i]) // stride[i] + 1 for i in range(2))
-            cols = _patches(xin, k, stride, (pads[0], pads[1], pads[2], pads[3]), out_hw)
+            cols = _patches(xin, k, stride, (pads[0], pads[1], pads[2], pads[3]), out_hw, rng)
             w = np.moveaxis(fw, 1, -1).reshape(fw.shape[0], -1)  # (cout, kh, kw, cin), as the patches
         else:
             if fw.ndim != 2:
                 continue
-            cols, w = xin.reshape(-1, fw.shape[0]), fw.T  # MatMul weights are (k, cout)
+            cols, w = xin.reshape(-1, fw.shape[0])[:MAX_ROWS], fw.T  # MatMul weights are (k, cout)
         rows = w / scale.reshape(-1, 1) + zp.reshape(-1, 1)
-        info = np.iinfo(q0.dtype)
-        q = gptq(rows, _hessian(cols, rng), int(info.min), int(info.max))
+        info = np.iinfo(q0.dtype)  # uint8 (U8U8, zero point 128) here; int8 would be symmetric, -127..127
+        qmin = int(info.min) + (1 if q0.dtype == np.int8 else 0)
+        q = gptq(rows, _hessian(cols), qmin, int(info.max))
         q = np.moveaxis(q.reshape(fw.shape[0], *fw.shape[2:], fw.shape[1]), -1, 1) if n.op_type == "Conv" else q.T
         inits[w_dq.input[0]].CopyFrom(numpy_helper.from_array(q.astype(q0.dtype), w_dq.input[0]))
     return model.SerializeToString()
