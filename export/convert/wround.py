@@ -141,6 +141,35 @@ def _onnx_eligible(n, w_dq, attrs: dict, inits: dict) -> bool:
             and (per_tensor or axis == (0 if n.op_type == "Conv" else 1)))
 
 
+def _onnx_integers(op_type: str, attrs: dict, fw: np.ndarray, xin: np.ndarray,
+                   quant: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray | None:
+    """GPTQ integers for one ONNX Conv (weights (cout, cin, kh, kw), input NCHW) or MatMul
+    (weights (k, cout)); ``quant`` is (integers, scale, zero point) as quantised, and the result
+    has the integers' layout and dtype; None for a shape it does not handle."""
+    q0, scale, zp = quant
+    rng = np.random.default_rng(0)
+    if op_type == "Conv":
+        if fw.ndim != 4:
+            return None
+        pads = attrs.get("pads", [0, 0, 0, 0])
+        stride = tuple(attrs.get("strides", [1, 1]))
+        xin = np.moveaxis(xin, 1, -1)  # NCHW -> NHWC
+        k = fw.shape[2:]
+        out_hw = tuple((xin.shape[1 + i] + pads[i] + pads[i + 2] - k[i]) // stride[i] + 1 for i in range(2))
+        cols = _patches(xin, k, stride, (pads[0], pads[1], pads[2], pads[3]), out_hw, rng)
+        w = np.moveaxis(fw, 1, -1).reshape(fw.shape[0], -1)  # (cout, kh, kw, cin), as the patches
+    else:
+        if fw.ndim != 2:
+            return None
+        cols, w = xin.reshape(-1, fw.shape[0])[:MAX_ROWS], fw.T  # MatMul weights are (k, cout)
+    rows = w / scale.reshape(-1, 1) + zp.reshape(-1, 1)
+    info = np.iinfo(q0.dtype)  # uint8 (U8U8, zero point 128) here; int8 would be symmetric, -127..127
+    qmin = int(info.min) + (1 if q0.dtype == np.int8 else 0)
+    q = gptq(rows, _hessian(cols), qmin, int(info.max))
+    q = np.moveaxis(q.reshape(fw.shape[0], *fw.shape[2:], fw.shape[1]), -1, 1) if op_type == "Conv" else q.T
+    return q.astype(q0.dtype)
+
+
 def round_onnx(quantized: Path, fp32: Path, x: np.ndarray) -> bytes:
     """The int8 QDQ ONNX ``quantized`` with each ungrouped Conv's and each MatMul's weight
     integers re-rounded by GPTQ against the float inputs ``fp32`` computes on the faces ``x``
@@ -166,30 +195,10 @@ def round_onnx(quantized: Path, fp32: Path, x: np.ndarray) -> bytes:
             continue
         jobs.append((n, attrs, w_dq, ref_inits[r.input[1]], r.input[0]))
     values = onnx_tensor_values(ref, x, sorted({j[4] for j in jobs}))
-    rng = np.random.default_rng(0)
     for n, attrs, w_dq, fw, in_name in jobs:
         q0 = numpy_helper.to_array(inits[w_dq.input[0]])
-        scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64)
-        zp = numpy_helper.to_array(inits[w_dq.input[2]]).astype(np.float64)
-        xin = values[in_name]
-        if n.op_type == "Conv":
-            if fw.ndim != 4:
-                continue
-            pads = attrs.get("pads", [0, 0, 0, 0])
-            stride = tuple(attrs.get("strides", [1, 1]))
-            xin = np.moveaxis(xin, 1, -1)  # NCHW -> NHWC
-            k = fw.shape[2:]
-            out_hw = tuple((xin.shape[1 + i] + pads[i] + pads[i + 2] - k[i]) // stride[i] + 1 for i in range(2))
-            cols = _patches(xin, k, stride, (pads[0], pads[1], pads[2], pads[3]), out_hw, rng)
-            w = np.moveaxis(fw, 1, -1).reshape(fw.shape[0], -1)  # (cout, kh, kw, cin), as the patches
-        else:
-            if fw.ndim != 2:
-                continue
-            cols, w = xin.reshape(-1, fw.shape[0])[:MAX_ROWS], fw.T  # MatMul weights are (k, cout)
-        rows = w / scale.reshape(-1, 1) + zp.reshape(-1, 1)
-        info = np.iinfo(q0.dtype)  # uint8 (U8U8, zero point 128) here; int8 would be symmetric, -127..127
-        qmin = int(info.min) + (1 if q0.dtype == np.int8 else 0)
-        q = gptq(rows, _hessian(cols), qmin, int(info.max))
-        q = np.moveaxis(q.reshape(fw.shape[0], *fw.shape[2:], fw.shape[1]), -1, 1) if n.op_type == "Conv" else q.T
-        inits[w_dq.input[0]].CopyFrom(numpy_helper.from_array(q.astype(q0.dtype), w_dq.input[0]))
+        scale, zp = (numpy_helper.to_array(inits[t]).astype(np.float64) for t in w_dq.input[1:3])
+        q = _onnx_integers(n.op_type, attrs, fw, values[in_name], (q0, scale, zp))
+        if q is not None:
+            inits[w_dq.input[0]].CopyFrom(numpy_helper.from_array(q, w_dq.input[0]))
     return model.SerializeToString()
