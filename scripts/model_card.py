@@ -95,6 +95,7 @@ def write_calibration_list(fer2013: Path, contract, dest: Path) -> None:
 
 def release_to_package(models: Path, name: str) -> None:
     """``edge/data/default/`` holds exactly the device's copy: this model's int8 TFLite and contract."""
+    DEFAULT_DIR.mkdir(parents=True, exist_ok=True)  # git drops the folder with the old release's files
     for old in DEFAULT_DIR.iterdir():
         if old.suffix in (".tflite", ".json"):
             old.unlink()
@@ -121,6 +122,7 @@ def main() -> None:
     ref = models / f"{name}.keras"
     arts = [models / f"{name}{ext}" for ext in (".int8.tflite", ".onnx", ".int8.onnx")]
     report_dir = models / "report"
+    shutil.rmtree(report_dir, ignore_errors=True)  # a previous release's pictures must not linger beside these
     run_parity(ParityConfig(reference=str(ref), candidates=[str(a) for a in arts], data=str(fer2013 / "test"),
                             report_dir=str(report_dir), progress=True))
     rep = json.loads((report_dir / "report.json").read_text())

@@ -16,7 +16,7 @@ from feredge.edge.fsutil import sha256_file
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 DEFAULT = ROOT / "edge" / "data" / "default"
-NAME = "feredge-fer-v2"
+NAME = "feredge-fer-v3"
 
 
 

@@ -627,12 +627,9 @@ def test_shipped_default_model_parity_default_thresholds(fer2013_dir, tmp_path, 
     if shipped is None:
         pytest.skip("no shipped default model (models/*.keras with its artifacts) in this checkout yet")
     ref, arts = shipped
-    # The int8 artifacts of feredge-fer-v2 agree with the float model on 98.1-98.9 % of PublicTest
-    # (TFLite 98.86 %, ONNX 98.08 % on onnxruntime's x86 kernels; every flip a near-tie: 100 % above
-    # a 0.1 margin); the 99 % target is not met yet (models/MODEL_CARD.md). This guards the measured
-    # level; float artifacts and the accuracy drop keep the default thresholds.
-    args = ["--reference", str(ref), "--data", str(fer2013_dir / "test"), "--report", str(tmp_path / "rep"),
-            "--min-agreement", "0.98"]
+    # The shipped default's int8 artifacts meet the 99 % bar (feredge-fer-v3 on this AVX2 EPYC: TFLite
+    # 99.05 %, ONNX 99.33 %; every flip a near-tie, 100 % above a 0.1 margin): default thresholds, no override.
+    args = ["--reference", str(ref), "--data", str(fer2013_dir / "test"), "--report", str(tmp_path / "rep")]
     for a in arts:
         args += ["--candidate", str(a)]
     rc, _, err = _parity(capsys, *args)

@@ -30,10 +30,11 @@ def tiny_fer(tmp_path_factory) -> Path:
 
 
 def test_recipe_trains_resumes_and_exports_with_its_temperature(tiny_fer: Path, tmp_path: Path):
-    from feredge.export.train.arch import build_model
+    from feredge.export.train.arch import ARCHITECTURES
     from feredge.export.train.recipe import RESUME_FILES, TrainConfig, stratified_split, train
 
-    assert build_model(32).count_params() < 900_000  # int8 TFLite <= 1 MB
+    assert TrainConfig.arch == "v3"  # the default trains the shipped model's network
+    assert all(build(32).count_params() < 900_000 for build in ARCHITECTURES.values())  # int8 TFLite <= 1 MB
     y = np.repeat(np.arange(7), 10)
     tr, va = stratified_split(y, 0.1, seed=0)
     assert len(np.intersect1d(tr, va)) == 0 and sorted(np.bincount(y[va]).tolist()) == [1] * 7
@@ -59,7 +60,7 @@ def test_recipe_trains_resumes_and_exports_with_its_temperature(tiny_fer: Path, 
     rc = main(["export", str(release), "--calibration", str(tiny_fer), "--samples", "35", "--quiet",
                "--out", str(exp)])
     assert rc == 0
-    c = Contract.load(exp / "feredge-fer-v2.json")
+    c = Contract.load(exp / "feredge-fer-v3.json")
     assert c.output.activation == "logits"
     assert c.output.temperature == hint.output.temperature
     # the recipe's x/255 is folded into the artifacts (issue 22); the desktop model still wants it
@@ -197,7 +198,7 @@ def test_final_fit_trains_on_every_face_and_keeps_the_validation_runs_temperatur
                                                                                     capsys):
     import keras
 
-    from feredge.export.train.arch import build_model
+    from feredge.export.train.arch import build_v3
 
     out = tmp_path / "final"
     rc = main(["train", "--data", str(tiny_fer), "--out", str(out), "--epochs", "2", "--batch-size", "16",
@@ -218,13 +219,13 @@ def test_final_fit_trains_on_every_face_and_keeps_the_validation_runs_temperatur
     assert rc == 0
     split = np.load(out / "split.npz")
     assert len(split["train"]) == 70 and len(split["val"]) == 0  # every face trains
-    hint = Contract.load(out / "feredge-fer-v2.json")
+    hint = Contract.load(out / "feredge-fer-v3.json")
     assert hint.output.temperature == 1.25
     assert hint.provenance["training"]["val_accuracy"] is None
     assert "final fit" in hint.provenance["training"]["temperature_fitted_on"]
     # the release is the last epoch's EMA weights, not the raw ones
     last = keras.models.load_model(out / "last.keras")
-    release = build_model(4)
+    release = build_v3(4)
     release.load_weights(out / "best.weights.h5")
     ema = np.array(last.optimizer._model_variables_moving_average[0])
     assert np.allclose(release.trainable_variables[0].numpy(), ema)

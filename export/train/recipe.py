@@ -36,7 +36,7 @@ from feredge.export.train.augment import N_UNIFORMS, augment, mirror, unit, view
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "feredge-fer-v2"  # the shipped release (scripts/model_card.py)
+DEFAULT_NAME = "feredge-fer-v3"  # the shipped release (scripts/model_card.py)
 # Files that make a run resumable on another machine (what training/resume/ holds between sessions).
 RESUME_FILES = ("last.keras", "best.weights.h5", "history.csv", "split.npz", "state.json")
 
@@ -63,7 +63,7 @@ class TrainConfig:
     precision: str = "float32"  # or mixed_bfloat16 (logits stay float32; release is float32)
     time_budget_min: float = 0.0  # > 0: stop after the epoch that passes it (resumable)
     threads: int = 0  # 0 = TensorFlow's default
-    arch: str = "v2"  # a key of ARCHITECTURES
+    arch: str = "v3"  # a key of ARCHITECTURES; v3 is the shipped default's network
     # distillation: comma-separated .keras teachers (48x48 grey in [0,1], logits out); the target is
     # (1 - distill_alpha) * the label + distill_alpha * softmax(mean teacher logits) (then label-smoothed), on one of
     # teacher_views fixed views per face whose teacher logits are cached in teacher_cache (teach.py)
@@ -410,7 +410,7 @@ def write_release(out: Path, *, temperature: float, val_accuracy: float | None, 
     """``<name>.keras`` plus ``<name>.json`` beside it: the contract hint ``feredge export``
     picks up (labels, 48x48 grey, x/255, area resize, logits, the validation-fitted temperature),
     so the export needs no flags beyond ``--calibration``. The architecture names the release:
-    feredge-fer-v2, feredge-fer-v3."""
+    feredge-fer-v3 (or feredge-fer-v2)."""
     import shutil
 
     from feredge.edge.contract import Contract, InputSpec, Normalize, OutputSpec
@@ -470,7 +470,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="linear warm-up to --lr before the cosine decay")
     p.add_argument("--width", type=int, default=TrainConfig.width)
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), default=TrainConfig.arch,
-                   help="network: v2 (the shipped VGG-style, ~96 M MACs) or v3 (the cheaper residual candidate)")
+                   help="network: v3 (the shipped default's, ~21 M MACs) or v2 (its VGG-style predecessor, ~96 M MACs)")
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default=TrainConfig.precision,
                    help="mixed_bfloat16 trains faster on CPUs with AVX512_BF16; the release is float32")
