@@ -175,7 +175,8 @@ def test_distillation_caches_the_teachers_flip_averaged_logits_per_view(tiny_fer
         assert not (tmp_path / "c").exists()  # refused before any work
     for extra, says in ((["--teacher", f"{tmp_path / 't.keras'},{tmp_path / 'missing.keras'}"], "teacher not found"),
                         (["--teacher", " , "], "--teacher names no file"),
-                        (["--teacher", str(tmp_path / "t.keras"), "--teacher-views", "0"], "--teacher-views")):
+                        (["--teacher", str(tmp_path / "t.keras"), "--teacher-views", "0"], "--teacher-views"),
+                        (["--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1, got 1.0")):
         rc = main(["train", "--data", str(tiny_fer), "--out", str(tmp_path / "e"), "--epochs", "2",
                    "--warmup-epochs", "1", "-q", *extra])
         err = capsys.readouterr().err.strip().splitlines()

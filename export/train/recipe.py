@@ -483,6 +483,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="augmented views per face the teachers see once (cached); the student sees one per epoch")
     p.add_argument("--teacher-cache", default="", metavar="DIR",
                    help="where the teachers' logits are kept (default: teacher-cache/ beside --out)")
+    p.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing,
+                   help="share of the label's target spread over all classes; lower it when the softmax must be "
+                        "calibrated (ECE), since smoothing and soft teacher targets both pull confidence down")
     p.add_argument("--distill-alpha", type=float, default=TrainConfig.distill_alpha,
                    help="weight of the teachers' probabilities in the target (the label gets the rest)")
     p.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
@@ -503,6 +506,8 @@ def check_config(cfg: TrainConfig) -> None:
         teacher_paths(cfg.teacher)
     if cfg.teacher_views < 1:
         raise ExportError(f"--teacher-views must be at least 1, got {cfg.teacher_views}")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise ExportError(f"--label-smoothing must be at least 0 and below 1, got {cfg.label_smoothing}")
     if not 0.0 <= cfg.distill_alpha <= 1.0:
         raise ExportError(f"--distill-alpha must be between 0 and 1, got {cfg.distill_alpha}")
     if not 0 <= cfg.warmup_epochs < cfg.epochs:
